@@ -1,0 +1,123 @@
+"""Walk a run directory and classify every file; opens nothing."""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+# Source.kind strings (they appear in the report's run.sources).
+KINDS = (
+    "tfevents",          # events.out.tfevents.*
+    "trainer_state",     # HF trainer_state.json (top level or checkpoint-N/)
+    "trainer_log",       # LLaMA-Factory trainer_log.jsonl
+    "results",           # all_results.json, train_results.json, eval_results.json, ...
+    "text_log",          # *.log, running_log.txt, logs/*.txt
+    "config",            # *.yaml, *.yml, *.toml, adapter_config.json, training_args.json, ...
+    "model_config",      # HF config.json of a model (architecture, not training)
+    "safetensors",       # *.safetensors
+    "pickle",            # *.bin, *.pt, *.pth, *.ckpt, *.pkl: never unpickled
+    "dataset_csv",       # metadata.csv
+    "image",
+    "other",
+)
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+PICKLE_EXTS = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"}
+CONFIG_JSON_NAMES = {"adapter_config.json", "training_args.json", "train_args.json",
+                     "training_config.json", "config_file.json"}
+RESULTS_NAMES = {"all_results.json", "train_results.json", "eval_results.json",
+                 "predict_results.json", "test_results.json"}
+SKIP_DIRS = {".git", "__pycache__", ".ipynb_checkpoints", "node_modules", "wandb"}
+MAX_FILES = 200_000
+
+
+@dataclass(frozen=True)
+class Found:
+    path: Path          # absolute (or as joined from the run dir)
+    rel: str            # posix path relative to the run dir
+    kind: str
+
+
+def classify(rel: str) -> str:
+    name = rel.rsplit("/", 1)[-1]
+    low = name.lower()
+    ext = os.path.splitext(low)[1]
+    if low.startswith("events.out.tfevents"):
+        return "tfevents"
+    if low == "trainer_state.json":
+        return "trainer_state"
+    if low == "trainer_log.jsonl":
+        return "trainer_log"
+    if low in RESULTS_NAMES:
+        return "results"
+    if low in CONFIG_JSON_NAMES:
+        return "config"
+    if low == "config.json":
+        return "model_config"
+    if ext in (".yaml", ".yml", ".toml"):
+        return "config"
+    if ext == ".safetensors":
+        return "safetensors"
+    if ext in PICKLE_EXTS:
+        return "pickle"
+    if low == "metadata.csv":
+        return "dataset_csv"
+    if ext in IMAGE_EXTS:
+        return "image"
+    if ext == ".log" or low == "running_log.txt":
+        return "text_log"
+    if ext == ".txt" and re.search(r"(^|/)logs?/", rel.lower()):
+        return "text_log"
+    if low in ("stdout.txt", "stderr.txt", "output.txt", "train.txt", "nohup.out"):
+        return "text_log"
+    return "other"
+
+
+def walk(run_dir: Path, max_files: int = MAX_FILES) -> tuple[list[Found], list[str]]:
+    """All files under run_dir, following directory links once each (no loops).
+
+    Returns the files and a list of problems met while walking.
+    """
+    found: list[Found] = []
+    problems: list[str] = []
+    seen: set[tuple[int, int]] = set()
+    stack = [(run_dir, "")]
+    while stack:
+        d, rel_d = stack.pop()
+        try:
+            st = d.stat()
+        except OSError as e:
+            problems.append(f"{rel_d or '.'}: cannot stat ({e.strerror})")
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            problems.append(f"{rel_d or '.'}: directory link loop, not followed again")
+            continue
+        seen.add(key)
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError as e:
+            problems.append(f"{rel_d or '.'}: cannot list ({e.strerror})")
+            continue
+        subdirs = []
+        for e in entries:
+            rel = f"{rel_d}/{e.name}" if rel_d else e.name
+            try:
+                is_dir = e.is_dir(follow_symlinks=True)
+                is_file = (not is_dir) and e.is_file(follow_symlinks=True)
+            except OSError:
+                problems.append(f"{rel}: unreadable entry")
+                continue
+            if is_dir:
+                if e.name not in SKIP_DIRS:
+                    subdirs.append((Path(e.path), rel))
+            elif is_file:
+                if len(found) >= max_files:
+                    problems.append(f"more than {max_files} files: the rest were not read")
+                    return found, problems
+                found.append(Found(Path(e.path), rel, classify(rel)))
+            elif e.is_symlink():
+                problems.append(f"{rel}: broken link")
+        stack.extend(reversed(subdirs))
+    return found, problems
