@@ -1,0 +1,1 @@
+"""Rules: one family per module; each registers with registry.rule."""
