@@ -172,6 +172,7 @@ class DataItem:
     degenerate: str | None = None  # "constant" | "black" | "white"
     length: int | None = None      # text length in characters
     control_chars: int = 0
+    tokens: int | None = None      # approximate token count of a text record (no tokenizer)
 
 
 @dataclass
@@ -183,6 +184,8 @@ class Dataset:
     bom: bool = False
     items: list[DataItem] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    records: int | None = None     # samples in the dataset; may exceed len(items) for huge
+                                   # text sets, where only flagged records keep an item
 
 
 @dataclass
