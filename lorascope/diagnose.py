@@ -1,0 +1,95 @@
+"""Findings -> causes, fix and verdict.
+
+A symptom (a curve, checkpoint or log finding) lists in the catalog which other
+rules may explain it and with what base confidence.  Those that fired in this
+run become its causes, ranked; timing evidence (an epoch boundary or a
+checkpoint at the symptom's step) adjusts the ranking.  The symptom's fix is its
+catalog default fix overlaid by its causes' fixes, most confident first.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from lorascope.model import SEVERITY_ORDER, Cause, Finding, Run
+
+
+def _scaled(value: Any, key: str, run: Run) -> Any:
+    """Catalog fix values may be relative: "*0.2" multiplies the run's own value."""
+    if isinstance(value, str) and value.startswith("*"):
+        cur = run.config.get(key)
+        try:
+            factor = float(value[1:])
+        except ValueError:
+            return None
+        if isinstance(cur, (int, float)) and cur > 0:
+            out = cur * factor
+            return int(round(out)) if isinstance(cur, int) else float(f"{out:.3g}")
+        return None
+    return value
+
+
+def _near_boundary(step: int | None, boundaries: list[int], tol: int) -> int | None:
+    if step is None:
+        return None
+    for b in boundaries:
+        if abs(step - b) <= tol:
+            return b
+    return None
+
+
+def diagnose(run: Run, findings: list[Finding], catalog: dict[str, dict]) -> list[Finding]:
+    by_rule: dict[str, list[Finding]] = {}
+    for f in findings:
+        by_rule.setdefault(f.rule, []).append(f)
+    span = max(1, (run.steps.last or 0) - (run.steps.first or 0))
+    tol = max(2, span // 100)
+    for f in findings:
+        entry = catalog.get(f.rule, {})
+        cause_table: dict[str, float] = entry.get("causes", {}) or {}
+        causes: list[Cause] = [c for c in f.causes]
+        have = {c.rule for c in causes}
+        for cause_id, base in cause_table.items():
+            if cause_id in have or cause_id == f.rule:
+                continue
+            hits = by_rule.get(cause_id)
+            if not hits:
+                continue
+            conf = float(base)
+            cf = hits[0]
+            text = cf.title
+            # a data problem that can only bite when the bad sample is drawn: stronger
+            # when the symptom starts at an epoch boundary or mid-epoch without warmup
+            if cause_id.startswith("data.") and f.step is not None:
+                b = _near_boundary(f.step, run.epoch_boundaries, tol)
+                if b is not None:
+                    conf = min(0.95, conf + 0.1)
+                    text += f" (the symptom starts at step {f.step}, near the epoch boundary at {b})"
+            causes.append(Cause(cause_id, conf, text))
+            have.add(cause_id)
+        causes.sort(key=lambda c: -c.confidence)
+        f.causes = causes
+
+        fix: dict[str, Any] = {}
+        for c in causes:
+            for cf in by_rule.get(c.rule, []):
+                for k, v in cf.fix.items():
+                    fix.setdefault(k, v)
+        for k, v in (entry.get("fix", {}) or {}).items():
+            if k not in fix and k not in f.fix:
+                v2 = _scaled(v, k, run)
+                if v2 is not None:
+                    fix[k] = v2
+        for k, v in fix.items():
+            f.fix.setdefault(k, v)
+    findings.sort(key=lambda f: (-SEVERITY_ORDER.get(f.severity, 0),
+                                 f.step if f.step is not None else 1 << 60, f.rule))
+    return findings
+
+
+def verdict(findings: list[Finding]) -> str:
+    sev = {f.severity for f in findings}
+    if "critical" in sev:
+        return "failed"
+    if "warning" in sev:
+        return "warning"
+    return "healthy"
