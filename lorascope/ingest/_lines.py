@@ -1,0 +1,107 @@
+"""Bounded reading of text files for the log parsers.
+
+Real logs can be gigabytes, hold one enormous line (a tqdm bar that never printed a
+newline, a dumped tensor) or binary garbage.  :func:`iter_lines` never holds more than
+``max_line`` characters of one line nor reads past ``max_bytes``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+MAX_LINE = 10_000              # characters kept of one line
+MAX_BYTES = 512 * 1024 * 1024  # bytes read of one file
+CHUNK = 1 << 20
+MAX_PROBLEMS = 5               # problem strings kept per file before summarising
+
+
+@dataclass
+class ReadStats:
+    lines: int = 0
+    long_lines: int = 0        # lines cut at max_line
+    stopped_at_bytes: int | None = None   # set when max_bytes was reached
+
+
+def iter_lines(path: Path, max_line: int = MAX_LINE, max_bytes: int = MAX_BYTES,
+               stats: ReadStats | None = None) -> Iterator[tuple[int, str, bool]]:
+    """Yield ``(lineno, text, cut)`` for each line: 1-based number, the text without
+    its line ending (decoded as UTF-8 with replacement, BOM dropped), and whether the
+    line was longer than ``max_line`` and cut.  Raises OSError only on open/read."""
+    st = stats if stats is not None else ReadStats()
+    lineno = 0
+    buf = bytearray()
+    cut = False
+    total = 0
+    first = True
+    byte_cap = max_line * 4 + 4   # a UTF-8 character is at most 4 bytes
+
+    def emit(b: bytes, was_cut: bool) -> tuple[int, str, bool]:
+        nonlocal lineno, first
+        lineno += 1
+        st.lines = lineno
+        if first:
+            first = False
+            if b.startswith(b"\xef\xbb\xbf"):
+                b = b[3:]
+        if b.endswith(b"\r"):
+            b = b[:-1]
+        text = b.decode("utf-8", errors="replace")
+        if len(text) > max_line:
+            text = text[:max_line]
+            was_cut = True
+        if was_cut:
+            st.long_lines += 1
+        return lineno, text, was_cut
+
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(CHUNK)
+            if not chunk:
+                break
+            total += len(chunk)
+            start = 0
+            while True:
+                nl = chunk.find(b"\n", start)
+                if nl < 0:
+                    room = byte_cap - len(buf)
+                    if room > 0:
+                        buf += chunk[start:start + room]
+                    if len(chunk) - start > max(room, 0):
+                        cut = True
+                    break
+                piece = chunk[start:nl]
+                room = byte_cap - len(buf)
+                if room > 0:
+                    buf += piece[:room]
+                if len(piece) > max(room, 0):
+                    cut = True
+                yield emit(bytes(buf), cut)
+                buf.clear()
+                cut = False
+                start = nl + 1
+            if total >= max_bytes:
+                st.stopped_at_bytes = total
+                break
+    if buf or cut:
+        yield emit(bytes(buf), cut)
+
+
+class ProblemLog:
+    """Keeps the first few problem strings of a file and counts the rest."""
+
+    def __init__(self, limit: int = MAX_PROBLEMS):
+        self.limit = limit
+        self.kept: list[str] = []
+        self.more = 0
+
+    def add(self, text: str) -> None:
+        if len(self.kept) < self.limit:
+            self.kept.append(text[:300])
+        else:
+            self.more += 1
+
+    def out(self) -> list[str]:
+        if self.more:
+            return self.kept + [f"... and {self.more} more problems of this kind"]
+        return list(self.kept)
