@@ -161,12 +161,22 @@ def _merge_raw(raws: list[RawSeries]) -> tuple[np.ndarray, np.ndarray, list[str]
 
 
 def _restarts(r: RawSeries) -> list[int]:
-    """Indices where steps go back to (near) the start inside one file."""
+    """Indices where steps go back to the start inside one file.
+
+    A step counter that goes back only a little is a resume from a checkpoint
+    or two processes writing one log, not a second run: only a fall back to
+    (near) the first step counts.
+    """
     s = r.steps
-    if len(s) < 2:
+    if len(s) < 3:
         return []
     back = np.nonzero(np.diff(s) < 0)[0] + 1
-    return [int(i) for i in back]
+    if not len(back):
+        return []
+    first, span = int(s.min()), int(s.max() - s.min())
+    interval = max(1, int(np.median(np.abs(np.diff(s)))))
+    near_start = first + max(2 * interval, span // 20)
+    return [int(i) for i in back if s[i] <= near_start and s[i - 1] > near_start]
 
 
 def detect_mixed(groups: dict[str, list[RawSeries]], states: list[Parsed]) -> list[str]:
@@ -218,6 +228,12 @@ def _pick_state(states: list[Parsed]) -> Parsed | None:
 def build_series(parsed: list[Parsed], facts: dict) -> list[Series]:
     states = [p for p in parsed if p.source.kind == "trainer_state"]
     winner = _pick_state(states)
+    if winner is not None:
+        # the most complete state speaks for the run's plan and progress
+        for k in ("planned_steps", "state_global_step", "num_train_epochs", "logging_steps"):
+            if winner.facts.get(k) is not None:
+                facts[k] = winner.facts[k]
+        facts["state_source"] = winner.source.path
     groups: dict[str, list[RawSeries]] = {}
     state_groups: dict[str, list[RawSeries]] = {}
     for p in parsed:
@@ -396,10 +412,10 @@ def build_run(run_dir: Path | str, *, jobs: int | None = None, progress: bool = 
                          f"config or checkpoint with content)")
     run.config = merge_config(parsed)
     facts_list = [p.facts for p in sorted(parsed, key=_config_priority)]
+    run.series = build_series(parsed, facts)
     for p in parsed:
         for k, v in p.facts.items():
             facts.setdefault(k, v)
-    run.series = build_series(parsed, facts)
     for p in parsed:
         run.events.extend(p.events)
         for ck in p.checkpoints:
