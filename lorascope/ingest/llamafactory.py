@@ -1,0 +1,195 @@
+"""LLaMA-Factory ``trainer_log.jsonl`` and the HF ``*_results.json`` summaries.
+
+``trainer_log.jsonl`` is written by LLaMA-Factory's ``LogCallback``: one JSON object per
+logging step with ``current_steps``, ``total_steps``, ``loss``, ``lr`` (older versions
+``learning_rate``), ``epoch``, ``percentage``, ``elapsed_time``, ``remaining_time`` and,
+depending on the stage, ``eval_loss``, ``predict_loss``, ``reward``, ``accuracy``,
+``throughput``, ``total_tokens``.  Prediction-only runs log only the progress fields.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lorascope.ingest._lines import MAX_LINE, ProblemLog, ReadStats, iter_lines
+from lorascope.model import Parsed, RawSeries, Source
+
+# progress and bookkeeping fields: not curves
+SKIP_KEYS = {"current_steps", "total_steps", "percentage", "elapsed_time", "remaining_time",
+             "throughput", "total_tokens"}
+MAX_RESULTS_BYTES = 16 * 1024 * 1024
+MAX_RESULT_KEYS = 200
+_TIME_RE = re.compile(r"^\s*(?:(\d+) days?, )?(\d+):(\d{1,2}):(\d{1,2})(?:\.\d+)?\s*$")
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    return float(v)
+
+
+def _int(v: Any) -> int | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float) and math.isfinite(v) and v == int(v):
+        return int(v)
+    return None
+
+
+def duration_seconds(text: Any) -> float | None:
+    """``"9 days, 21:39:23"`` / ``"0:03:29"`` (str(timedelta)) -> seconds."""
+    if not isinstance(text, str):
+        return None
+    m = _TIME_RE.match(text)
+    if not m:
+        return None
+    d, h, mi, s = m.groups()
+    return float(int(d or 0) * 86400 + int(h) * 3600 + int(mi) * 60 + int(s))
+
+
+def parse(path: Path, rel: str) -> Parsed:
+    """``trainer_log.jsonl`` -> RawSeries ``loss``, ``eval_loss``, ``learning_rate``,
+    ``epoch`` and any other numeric field under its own name."""
+    src = Source(path=rel, kind="trainer_log")
+    parsed = Parsed(source=src)
+    parsed.facts["trainer"] = "llamafactory"
+    parsed.facts["task"] = "llm"
+    bad = ProblemLog()
+    points: dict[str, tuple[list[int], list[float]]] = {}
+    total_steps: list[int] = []
+    last_step: int | None = None
+    decreases = 0
+    elapsed = None
+    stats = ReadStats()
+    epoch_seen: set[int] = set()
+    records = 0
+    try:
+        for lineno, line, cut in iter_lines(path, MAX_LINE, stats=stats):
+            if not line.strip():
+                continue
+            if cut:
+                bad.add(f"line {lineno}: longer than {MAX_LINE} characters, skipped")
+                continue
+            try:
+                obj = json.loads(line)
+            except (ValueError, RecursionError):
+                bad.add(f"line {lineno}: not a JSON object (truncated or garbage)")
+                continue
+            if not isinstance(obj, dict):
+                bad.add(f"line {lineno}: JSON {type(obj).__name__}, not an object")
+                continue
+            step = _int(obj.get("current_steps"))
+            if step is None or step < 0:
+                bad.add(f"line {lineno}: no valid current_steps")
+                continue
+            records += 1
+            if last_step is not None and step < last_step:
+                decreases += 1
+            last_step = step
+            ts = _int(obj.get("total_steps"))
+            if ts is not None and ts > 0 and (not total_steps or total_steps[-1] != ts):
+                total_steps.append(ts)
+            el = duration_seconds(obj.get("elapsed_time"))
+            if el is not None:
+                elapsed = el
+            has_lr = "learning_rate" in obj
+            for k, val in obj.items():
+                if k in SKIP_KEYS:
+                    continue
+                v = _num(val)
+                if v is None:
+                    if val is not None and not isinstance(val, str):
+                        bad.add(f"line {lineno}: {k} is {type(val).__name__}, not a number")
+                    continue
+                tag = "learning_rate" if (k == "lr" and not has_lr) else k
+                if tag == "epoch":
+                    if step in epoch_seen:
+                        continue      # the closing line repeats the last step's epoch
+                    epoch_seen.add(step)
+                s, vs = points.setdefault(tag, ([], []))
+                s.append(step)
+                vs.append(v)
+    except OSError as e:
+        src.problems.append(f"cannot read ({e.strerror or e})")
+    if stats.stopped_at_bytes:
+        src.problems.append(f"only the first {stats.stopped_at_bytes} bytes were read")
+    if stats.lines == 0 or (records == 0 and not bad.kept):
+        src.problems.append("empty file")
+    src.records = records
+    src.problems.extend(bad.out())
+    f = parsed.facts
+    if total_steps:
+        f["planned_steps"] = total_steps[-1]
+        if len(set(total_steps)) > 1:
+            f["total_steps_values"] = total_steps[:20]
+    if last_step is not None:
+        f["last_logged_step"] = last_step
+    if decreases:
+        f["step_decreases"] = decreases      # interleaved writers or a restarted run
+    if elapsed is not None:
+        f["elapsed_seconds"] = elapsed
+    if records and "loss" not in points and "eval_loss" not in points:
+        f["no_loss_logged"] = True
+    for tag, (s, v) in points.items():
+        parsed.series.append(RawSeries(tag=tag, steps=np.asarray(s, dtype=np.int64),
+                                       values=np.asarray(v, dtype=np.float64), source=rel))
+    return parsed
+
+
+def parse_results(path: Path, rel: str) -> Parsed:
+    """``all_results.json`` / ``train_results.json`` / ``eval_results.json`` /
+    ``predict_results.json``: end-of-run numbers, no series.
+
+    Facts: ``final_train_loss``, ``final_eval_loss``, ``epoch``, ``train_runtime``,
+    ``predict_only`` (only ``predict_*`` keys), ``results`` (every numeric key)."""
+    src = Source(path=rel, kind="results")
+    parsed = Parsed(source=src)
+    try:
+        size = path.stat().st_size
+        if size > MAX_RESULTS_BYTES:
+            src.problems.append(f"file is {size} bytes: too large for a results file, not read")
+            return parsed
+        raw = path.read_bytes()
+    except OSError as e:
+        src.problems.append(f"cannot read ({e.strerror or e})")
+        return parsed
+    if not raw.strip():
+        src.problems.append("empty file")
+        return parsed
+    try:
+        obj = json.loads(raw.decode("utf-8-sig", errors="replace"))
+    except (ValueError, RecursionError) as e:
+        src.problems.append(f"not valid JSON ({str(e)[:120]})")
+        return parsed
+    if not isinstance(obj, dict):
+        src.problems.append(f"top level is {type(obj).__name__}, not an object")
+        return parsed
+    results: dict[str, float] = {}
+    wrong = ProblemLog()
+    for k, val in obj.items():
+        v = _num(val)
+        if v is None:
+            if val is not None and not isinstance(val, str):
+                wrong.add(f"{k} is {type(val).__name__}, not a number")
+            continue
+        if len(results) < MAX_RESULT_KEYS:
+            results[str(k)] = v
+    src.problems.extend(wrong.out())
+    src.records = len(results)
+    f = parsed.facts
+    f["results"] = results
+    for key, fact in (("train_loss", "final_train_loss"), ("eval_loss", "final_eval_loss"),
+                      ("epoch", "epoch"), ("train_runtime", "train_runtime"),
+                      ("predict_loss", "final_predict_loss")):
+        if key in results:
+            f[fact] = results[key]
+    if results and all(k.startswith("predict_") for k in results):
+        f["predict_only"] = True
+    return parsed
