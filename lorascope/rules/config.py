@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from pathlib import Path, PureWindowsPath
+from pathlib import Path
 from typing import Any
 
 from lorascope.model import Finding, Run
