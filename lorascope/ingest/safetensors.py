@@ -1,0 +1,764 @@
+"""LoRA adapter checkpoints in safetensors files (kohya, PEFT and diffusers layouts).
+
+The file is an 8-byte little-endian header length, a JSON header
+``{"__metadata__": {str: str}, name: {"dtype", "shape", "data_offsets": [begin, end]}}``
+and the tensor bytes.  We read the header ourselves so that every number in it is
+bound-checked before it sizes anything (a hostile or truncated file becomes a problem
+string, never an exception or a large allocation), then compute statistics through a
+read-only memory map, in chunks of :data:`CHUNK` elements, without torch:
+
+* per tensor (:class:`TensorStat`): non-finite count, all-zero, abs max, Frobenius norm
+  and mean |w| over the finite elements;
+* per adapted layer (:class:`Module`): the Frobenius norm of the effective update
+  ``up @ down * alpha / rank`` computed *exactly without forming the product* from the
+  two rank x rank Gram matrices, ``||B A||_F^2 = sum((B^T B) * (A A^T))``; the Grams are
+  accumulated during the same single pass over the bytes.  Conv LoRA (down
+  ``[r, in, kh, kw]``, up ``[out, r, 1, 1]``) is reshaped to 2-D first.  Where the
+  product is not a plain matrix product (an up kernel larger than 1x1, shapes that do
+  not chain, rank above :data:`MAX_GRAM_RANK`) the norm is that of the up weight alone
+  (CONTRACT §6).  Non-finite elements count as 0 in norms; a missing alpha counts as
+  ``alpha == rank`` (scale 1); PEFT's ``use_rslora`` scales by ``alpha / sqrt(rank)``.
+
+numpy has no bfloat16: BF16 is read as uint16 and shifted into float32; F16 is widened
+the same way (magnitude bits shifted and rescaled by 2**112, exact for normal and
+subnormal halves), which is about twice as fast as numpy's own float16 cast.
+
+Budget: the tensors of LoRA layers are always scanned; other tensors (a full model's
+weights, PEFT ``modules_to_save``) only while their total stays under
+``stats_budget`` bytes (:data:`STATS_BUDGET`, 2 GiB), so a 15 GB full fine-tune is
+listed but not read.  A file of a full model (no LoRA key anywhere) is not an error:
+its format is ``unknown`` and the parse facts say ``no_lora_modules``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import mmap
+import os
+import re
+import struct
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lorascope.model import Checkpoint, Module, Parsed, Source, TensorStat
+
+KIND = "safetensors"
+MAX_HEADER = 100 * 1024 * 1024        # a header longer than this is refused
+MAX_TENSORS = 1_000_000               # tensor entries kept from one header
+MAX_DIMS = 16
+MAX_PROBLEMS = 8                      # problem strings kept per file before summarising
+CHUNK = 1 << 18                       # elements per scanning chunk (1 MiB of float32)
+STATS_BUDGET = 2 * 1024 ** 3          # bytes of non-LoRA tensors scanned per file
+MAX_GRAM_RANK = 4096
+MAX_ADAPTER_CONFIG = 10 * 1024 * 1024
+
+# safetensors dtype -> bits per element
+DTYPE_BITS = {
+    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E4M3FNUZ": 8,
+    "F8_E5M2FNUZ": 8, "F8_E8M0": 8, "I16": 16, "U16": 16, "F16": 16, "BF16": 16,
+    "I32": 32, "U32": 32, "F32": 32, "F64": 64, "I64": 64, "U64": 64, "C64": 64,
+    "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
+}
+# dtypes we compute statistics for, and how numpy reads their bytes
+NUMPY_DTYPES = {
+    "F32": "<f4", "F16": "<u2", "BF16": "<u2", "F64": "<f8", "BOOL": "|u1", "U8": "|u1",
+    "I8": "|i1", "I16": "<i2", "U16": "<u2", "I32": "<i4", "U32": "<u4", "I64": "<i8",
+    "U64": "<u8",
+}
+
+# suffix -> (role, style); checked in order, first match wins
+SUFFIXES = (
+    (".lora_down.weight", "down", "kohya"),
+    (".lora_up.weight", "up", "kohya"),
+    (".lora.down.weight", "down", "diffusers"),
+    (".lora.up.weight", "up", "diffusers"),
+    (".lora_linear_layer.down.weight", "down", "diffusers"),
+    (".lora_linear_layer.up.weight", "up", "diffusers"),
+    (".lora_A.weight", "down", "peft"),
+    (".lora_B.weight", "up", "peft"),
+    (".lora_embedding_A", "down", "peft"),
+    (".lora_embedding_B", "up", "peft"),
+)
+ADAPTER_NAMED_RE = re.compile(r"^(.+)\.lora_(A|B)\.[A-Za-z0-9_-]+\.weight$")
+DIFFUSERS_PREFIXES = ("unet", "text_encoder", "text_encoder_2", "text_encoder_3",
+                      "transformer", "prior", "decoder")
+LYCORIS_RE = re.compile(r"\.(hada_w[12]_[ab]|lokr_w[12](_[ab])?|lokr_t2|hada_t[12]|oft_blocks)$")
+CKPT_DIR_RE = re.compile(r"(?:^|/)checkpoint-(\d+)/[^/]*$")
+STEP_NAME_RE = re.compile(r"[-_]step-?0*(\d+)$", re.I)
+KOHYA_EPOCH_RE = re.compile(r"-(\d{6})$")
+TRAILING_NUM_RE = re.compile(r"[-_](\d+)$")
+# kohya names are underscore-joined paths: the layer names we recognise at their end
+KOHYA_LEAVES = sorted((
+    "to_q", "to_k", "to_v", "to_out_0", "proj_in", "proj_out", "ff_net_0_proj", "ff_net_2",
+    "q_proj", "k_proj", "v_proj", "out_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+    "fc1", "fc2", "conv1", "conv2", "conv_shortcut", "time_emb_proj", "conv_in", "conv_out",
+    "qkv", "proj", "linear1", "linear2", "img_attn_qkv", "img_attn_proj", "txt_attn_qkv",
+    "txt_attn_proj", "img_mlp_0", "img_mlp_2", "txt_mlp_0", "txt_mlp_2", "img_mod_lin",
+    "txt_mod_lin", "modulation_lin", "to_add_out", "add_q_proj", "add_k_proj", "add_v_proj",
+    "norm1_linear", "norm1_context_linear", "norm_linear", "proj_mlp", "mlp_fc1", "mlp_fc2",
+    "conv", "linear", "attn_qkv", "attn_proj",
+), key=len, reverse=True)
+
+
+# -- header ------------------------------------------------------------------------
+
+@dataclass
+class TensorInfo:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int                     # absolute byte offset in the file
+    nbytes: int
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass
+class Header:
+    size: int
+    metadata: dict[str, str] = field(default_factory=dict)
+    tensors: list[TensorInfo] = field(default_factory=list)
+    ok: bool = False               # the header itself could be read
+
+
+class _Problems:
+    """Problem strings of one file, the first MAX_PROBLEMS kept, the rest counted."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+        self.extra = 0
+
+    def add(self, text: str) -> None:
+        if len(self.items) < MAX_PROBLEMS:
+            self.items.append(text)
+        else:
+            self.extra += 1
+
+    def out(self) -> list[str]:
+        return self.items + ([f"... and {self.extra} more problems"] if self.extra else [])
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def read_header(path: Path, problems: _Problems) -> Header:
+    """The parsed, bound-checked header of a safetensors file.  Tensors that fail a
+    check are left out with a problem; a header that cannot be read leaves ok False."""
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        problems.add(f"cannot stat file ({e.strerror})")
+        return Header(0)
+    h = Header(size)
+    if size < 8:
+        problems.add(f"not a safetensors file: {size} bytes, shorter than the 8-byte header length")
+        return h
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > MAX_HEADER or n > size - 8:
+                problems.add(f"header length {n} is impossible for a {size}-byte file "
+                             f"(limit {min(MAX_HEADER, size - 8)}): not a safetensors file or truncated")
+                return h
+            raw = f.read(n)
+    except OSError as e:
+        problems.add(f"cannot read file ({e.strerror})")
+        return h
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        problems.add(f"header is not valid JSON ({str(e)[:80]})")
+        return h
+    except RecursionError:
+        problems.add("header is not valid JSON (nested too deeply)")
+        return h
+    if not isinstance(doc, dict):
+        problems.add("header is not a JSON object")
+        return h
+    h.ok = True
+    data_start = 8 + n
+    data_len = size - data_start
+    meta = doc.pop("__metadata__", None)
+    if isinstance(meta, dict):
+        for k, v in meta.items():
+            h.metadata[str(k)] = v if isinstance(v, str) else json.dumps(v)
+    elif meta is not None:
+        problems.add("__metadata__ is not an object: ignored")
+    for name, info in doc.items():
+        if len(h.tensors) >= MAX_TENSORS:
+            problems.add(f"more than {MAX_TENSORS} tensors: the rest were not read")
+            break
+        t = _check_tensor(name, info, data_start, data_len, problems)
+        if t is not None:
+            h.tensors.append(t)
+    return h
+
+
+def _check_tensor(name: str, info: Any, data_start: int, data_len: int,
+                  problems: _Problems) -> TensorInfo | None:
+    short = name if len(name) <= 120 else name[:117] + "..."
+    if not isinstance(info, dict):
+        problems.add(f"{short}: tensor entry is not an object")
+        return None
+    dtype, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if dtype not in DTYPE_BITS:
+        problems.add(f"{short}: unknown dtype {str(dtype)[:20]!r}")
+        return None
+    if (not isinstance(shape, list) or len(shape) > MAX_DIMS
+            or not all(_is_int(d) for d in shape)):
+        problems.add(f"{short}: shape is not a list of integers")
+        return None
+    if any(d < 0 for d in shape):
+        problems.add(f"{short}: negative dimension in shape {shape}")
+        return None
+    if (not isinstance(offs, list) or len(offs) != 2 or not all(_is_int(o) for o in offs)):
+        problems.add(f"{short}: data_offsets is not a pair of integers")
+        return None
+    begin, end = offs
+    if begin < 0 or end < begin or end > data_len:
+        problems.add(f"{short}: data_offsets [{begin}, {end}] lie outside the "
+                     f"{data_len} bytes of tensor data (file truncated?)")
+        return None
+    numel = 1
+    for d in shape:                # Python ints: no overflow; capped by the file size below
+        numel *= d
+        if numel > data_len * 8:
+            break
+    bits = numel * DTYPE_BITS[dtype]
+    if bits % 8 or bits // 8 != end - begin:
+        problems.add(f"{short}: {end - begin} bytes stored but shape {shape} of {dtype} "
+                     f"needs {bits / 8:.0f}")
+        return None
+    return TensorInfo(name, dtype, tuple(shape), data_start + begin, end - begin)
+
+
+# -- scanning ----------------------------------------------------------------------
+
+@dataclass
+class _Acc:
+    """Running statistics of one tensor."""
+
+    nonfinite: int = 0
+    abs_max: float = 0.0
+    abs_sum: float = 0.0
+    sq_sum: float = 0.0
+    count: int = 0
+    gram: np.ndarray | None = None     # rank x rank, float64
+
+    def stat(self, t: TensorInfo) -> TensorStat:
+        fin = self.count - self.nonfinite
+        return TensorStat(name=t.name, dtype=t.dtype, shape=t.shape, nonfinite=self.nonfinite,
+                          zero=self.count > 0 and self.nonfinite == 0 and self.abs_max == 0.0,
+                          abs_max=self.abs_max, norm=math.sqrt(max(self.sq_sum, 0.0)),
+                          mean_abs=self.abs_sum / fin if fin else 0.0)
+
+
+class _Scanner:
+    """Reads tensors through one memory map with two reusable float32 buffers."""
+
+    def __init__(self, mm: mmap.mmap | None):
+        self.mm = mm
+        self.mag = np.empty(CHUNK, np.float32)      # |x|
+        self.val = np.empty(CHUNK, np.float32)      # x (signed), for Gram matrices
+        self.tmp = np.empty(CHUNK, np.uint32)
+
+    def array(self, t: TensorInfo) -> np.ndarray:
+        return np.frombuffer(self.mm, dtype=NUMPY_DTYPES[t.dtype],
+                             count=t.numel, offset=t.begin)
+
+    def scalar(self, t: TensorInfo) -> float | None:
+        """The value of a one-element tensor (kohya's alpha) as float."""
+        if t.numel != 1 or t.dtype not in NUMPY_DTYPES or self.mm is None:
+            return None
+        a = self.array(t)
+        if t.dtype == "BF16":
+            v = float((a.astype(np.uint32) << 16).view(np.float32)[0])
+        elif t.dtype == "F16":
+            v = float(a.view(np.float16)[0])
+        else:
+            v = float(a[0])
+        return v if math.isfinite(v) else None
+
+    # conversions of one block (any shape) into float32 |x| and, optionally, x
+    def _convert(self, dtype: str, block: np.ndarray, k: int, shape: tuple[int, ...],
+                 signed: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        mag = self.mag[:k].reshape(shape)
+        val = self.val[:k].reshape(shape) if signed else None
+        if dtype in ("BF16", "F16"):
+            mu = mag.view(np.uint32)
+            np.bitwise_and(block, 0x7FFF, out=mu, casting="unsafe")
+            np.left_shift(mu, 16 if dtype == "BF16" else 13, out=mu)
+            if dtype == "F16":
+                # half magnitude bits << 13 read as float32, times 2**112, is the exact
+                # value for normal and subnormal halves; inf/nan land at >= 65536
+                np.multiply(mag, np.float32(2.0 ** 112), out=mag)
+            if signed:
+                tu = self.tmp[:k].reshape(shape)
+                np.bitwise_and(block, 0x8000, out=tu, casting="unsafe")
+                np.left_shift(tu, 16, out=tu)
+                np.bitwise_or(mu, tu, out=val.view(np.uint32))
+        else:
+            if signed:
+                np.copyto(val, block, casting="unsafe")
+                np.abs(val, out=mag)
+            else:
+                np.abs(block, out=mag, casting="unsafe") if block.dtype.kind == "f" \
+                    else np.copyto(mag, np.abs(block), casting="unsafe")
+        return mag, val
+
+    def _update(self, acc: _Acc, dtype: str, mag: np.ndarray, val: np.ndarray | None,
+                gram_axis: int | None) -> None:
+        m = float(mag.max()) if mag.size else 0.0
+        acc.count += mag.size
+        if not math.isfinite(m) or (dtype == "F16" and m >= 65536.0):
+            bad = ~np.isfinite(mag)
+            if dtype == "F16":
+                bad |= mag >= 65536.0
+            acc.nonfinite += int(bad.sum())
+            mag[bad] = 0.0
+            if val is not None:
+                val[bad] = 0.0
+            m = float(mag.max())
+        acc.abs_max = max(acc.abs_max, m)
+        acc.abs_sum += float(mag.sum())
+        if gram_axis is None:
+            f = mag.reshape(-1)
+            acc.sq_sum += float(np.dot(f, f))
+        else:
+            g = (val.T @ val) if gram_axis == 0 else (val @ val.T)
+            g = g.astype(np.float64)
+            acc.gram = g if acc.gram is None else acc.gram + g
+            acc.sq_sum += float(np.trace(g))
+
+    def scan(self, t: TensorInfo, gram: str | None = None, rank: int = 0) -> _Acc:
+        """Statistics of one tensor.  gram="rows": tensor is [out, rank] (up / B),
+        accumulate B^T B; gram="cols": tensor is [rank, n] (down / A), accumulate A A^T."""
+        acc = _Acc()
+        a = self.array(t)
+        n = t.numel
+        if gram and rank > 0 and n % rank == 0 and n:
+            if gram == "rows":
+                a2 = a.reshape(n // rank, rank)
+                step = max(1, CHUNK // rank)
+                for i in range(0, a2.shape[0], step):
+                    b = a2[i:i + step]
+                    mag, val = self._convert(t.dtype, b, b.size, b.shape, True)
+                    self._update(acc, t.dtype, mag, val, 0)
+            else:
+                a2 = a.reshape(rank, n // rank)
+                step = max(1, CHUNK // rank)
+                for j in range(0, a2.shape[1], step):
+                    b = a2[:, j:j + step]
+                    mag, val = self._convert(t.dtype, b, b.size, b.shape, True)
+                    self._update(acc, t.dtype, mag, val, 1)
+            return acc
+        for i in range(0, n, CHUNK):
+            b = a[i:i + CHUNK]
+            mag, _ = self._convert(t.dtype, b, b.size, b.shape, False)
+            self._update(acc, t.dtype, mag, None, None)
+        return acc
+
+
+def _blas_single_thread():
+    """Limit BLAS to one thread while scanning: the Gram products are small and a
+    multi-threaded OpenBLAS spends more time synchronising than computing on them."""
+    try:
+        from threadpoolctl import threadpool_limits
+        return threadpool_limits(1, user_api="blas")
+    except Exception:               # optional dependency; any failure: leave BLAS alone
+        import contextlib
+        return contextlib.nullcontext()
+
+
+# -- layouts -------------------------------------------------------------------------
+
+@dataclass
+class _Pair:
+    name: str
+    style: str
+    down: TensorInfo | None = None
+    up: TensorInfo | None = None
+    alpha_t: TensorInfo | None = None
+    embedding: bool = False
+
+
+def _split_key(key: str) -> tuple[str, str, str] | None:
+    for suf, role, style in SUFFIXES:
+        if key.endswith(suf) and len(key) > len(suf):
+            name = key[: -len(suf)]
+            if style == "peft" and name.split(".", 1)[0] in DIFFUSERS_PREFIXES:
+                style = "diffusers"
+            return name, role, style
+    m = ADAPTER_NAMED_RE.match(key)
+    if m:
+        return m.group(1), "down" if m.group(2) == "A" else "up", "peft"
+    return None
+
+
+def _group(tensors: list[TensorInfo]) -> tuple[dict[str, _Pair], set[str]]:
+    pairs: dict[str, _Pair] = {}
+    used: set[str] = set()
+    alphas: dict[str, TensorInfo] = {}
+    for t in tensors:
+        s = _split_key(t.name)
+        if s is None:
+            if t.name.endswith(".alpha") and t.name.startswith("lora_"):
+                alphas[t.name[:-6]] = t
+            continue
+        name, role, style = s
+        p = pairs.setdefault(name, _Pair(name, style))
+        setattr(p, role, t)
+        p.embedding = t.name.endswith(("lora_embedding_A", "lora_embedding_B"))
+        used.add(t.name)
+    for name, t in alphas.items():
+        if name in pairs:
+            pairs[name].alpha_t = t
+            used.add(t.name)
+    return pairs, used
+
+
+def leaf_name(name: str, style: str) -> str:
+    """The adapted layer's own name: ``q_proj``, ``to_out.0``, ``to_k``."""
+    if style == "kohya":
+        for leaf in KOHYA_LEAVES:
+            if name.endswith("_" + leaf):
+                return leaf
+        parts = name.split("_")
+        return "_".join(parts[-2:]) if parts[-1].isdigit() and len(parts) > 1 else parts[-1]
+    parts = name.split(".")
+    if parts[-1].isdigit() and len(parts) > 1:
+        return ".".join(parts[-2:])
+    return parts[-1]
+
+
+def _pattern_value(patterns: Any, name: str) -> Any:
+    """PEFT's rank_pattern / alpha_pattern lookup: a key matches the end of the
+    module name at a dot boundary (or as a regular expression)."""
+    if not isinstance(patterns, dict):
+        return None
+    for pat, v in patterns.items():
+        try:
+            if re.fullmatch(rf"(.*\.)?(?:{pat})", name):
+                return v
+        except re.error:
+            if name == pat or name.endswith("." + str(pat)):
+                return v
+    return None
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, (int, float)):
+        return float(v) if math.isfinite(v) else None
+    if isinstance(v, str):
+        try:
+            f = float(v)
+        except ValueError:
+            return None
+        return f if math.isfinite(f) else None
+    return None
+
+
+class _AlphaSource:
+    """Where a module's alpha comes from when the file has no alpha tensor."""
+
+    def __init__(self, fmt: str, metadata: dict[str, str], adapter_config: dict | None,
+                 problems: _Problems):
+        self.peft = adapter_config if isinstance(adapter_config, dict) else None
+        self.diffusers: dict[str, dict] = {}
+        self.kohya_alpha = _num(metadata.get("ss_network_alpha"))
+        raw = metadata.get("lora_adapter_metadata")
+        if raw is not None:
+            try:
+                d = json.loads(raw)
+            except ValueError:
+                d = None
+                problems.add("metadata lora_adapter_metadata is not valid JSON: alpha unknown")
+            if isinstance(d, dict):
+                for k, v in d.items():
+                    if "." in k:
+                        pre, key = k.split(".", 1)
+                        self.diffusers.setdefault(pre, {})[key] = v
+
+    def alpha(self, p: _Pair) -> tuple[float | None, bool]:
+        """(alpha, use_rslora)."""
+        if p.style == "kohya":
+            return self.kohya_alpha, False
+        pre, _, rest = p.name.partition(".")
+        cfg = self.diffusers.get(pre) if self.diffusers else None
+        name = rest
+        if cfg is None and self.peft is not None:
+            cfg = self.peft
+            name = p.name[len("base_model.model."):] if p.name.startswith("base_model.model.") else p.name
+        if cfg is None:
+            return None, False
+        a = _num(_pattern_value(cfg.get("alpha_pattern"), name))
+        if a is None:
+            a = _num(cfg.get("lora_alpha"))
+        return a, bool(cfg.get("use_rslora"))
+
+
+def load_adapter_config(path: Path, problems: _Problems | None = None) -> dict | None:
+    """``adapter_config.json`` beside a PEFT adapter, or None.  Bare NaN is accepted."""
+    cfg = path.parent / "adapter_config.json"
+    try:
+        if not cfg.is_file():
+            return None
+        if cfg.stat().st_size > MAX_ADAPTER_CONFIG:
+            if problems:
+                problems.add("adapter_config.json beside the file is too large: ignored")
+            return None
+        d = json.loads(cfg.read_text(encoding="utf-8-sig", errors="replace"))
+    except (OSError, ValueError, RecursionError):
+        if problems:
+            problems.add("adapter_config.json beside the file cannot be read: alpha unknown")
+        return None
+    return d if isinstance(d, dict) else None
+
+
+# -- step / epoch from the path ------------------------------------------------------
+
+def step_from_path(rel: str, fmt: str) -> tuple[int | None, int | None]:
+    """(step, epoch) as the path names them.  ``checkpoint-N/`` and ``-stepN`` are steps;
+    kohya's ``name-000005`` is an epoch; a trailing ``-N`` / ``_N`` elsewhere a step."""
+    m = CKPT_DIR_RE.search(rel)
+    if m:
+        return int(m.group(1)), None
+    stem = rel.rsplit("/", 1)[-1]
+    if stem.lower().endswith(".safetensors"):
+        stem = stem[: -len(".safetensors")]
+    m = STEP_NAME_RE.search(stem)
+    if m:
+        return int(m.group(1)), None
+    if fmt == "kohya":
+        m = KOHYA_EPOCH_RE.search(stem)
+        return (None, int(m.group(1))) if m else (None, None)
+    m = TRAILING_NUM_RE.search(stem)
+    if m and len(m.group(1)) <= 9:
+        return int(m.group(1)), None
+    return None, None
+
+
+def _int_meta(v: str | None) -> int | None:
+    f = _num(v)
+    return int(f) if f is not None and f == int(f) and f >= 0 else None
+
+
+# -- reading -------------------------------------------------------------------------
+
+@dataclass
+class ReadResult:
+    checkpoint: Checkpoint
+    readable: bool                 # the header could be read
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+def _adapter_hints(path: Path, metadata: dict[str, str], tensors: list[TensorInfo],
+                   adapter_config: dict | None) -> str | None:
+    """The format a file claims to be by its name, metadata or neighbours
+    (for files that hold no recognisable LoRA pair), or None for a plain model file."""
+    low = path.name.lower()
+    if any(k.startswith("ss_") for k in metadata):
+        return "kohya"
+    if "lora_adapter_metadata" in metadata or low == "pytorch_lora_weights.safetensors":
+        return "diffusers"
+    if adapter_config is not None or low.startswith("adapter_model"):
+        return "peft"
+    if any(t.name.startswith("lora_") for t in tensors):
+        return "kohya"
+    if "lora" in low or "adapter" in low or any("lora" in t.name for t in tensors):
+        return "unknown-adapter"
+    return None
+
+
+def read(path: Path, rel: str, adapter_config: dict | None = None, *,
+         stats_budget: int = STATS_BUDGET) -> ReadResult:
+    """Read one safetensors file into a :class:`Checkpoint`; never raises on content."""
+    problems = _Problems()
+    h = read_header(path, problems)
+    ck = Checkpoint(path=rel, step=None, format="unknown", size_bytes=h.size, dtype=None,
+                    metadata=dict(h.metadata))
+    facts: dict[str, Any] = {}
+    if not h.ok:
+        ck.problems = problems.out()
+        return ReadResult(ck, False, facts)
+
+    pairs, used = _group(h.tensors)
+    styles = Counter(p.style for p in pairs.values() if p.down and p.up)
+    fmt = styles.most_common(1)[0][0] if styles else "unknown"
+    if adapter_config is None and (fmt == "peft" or (not styles and path.name.startswith("adapter_model"))):
+        adapter_config = load_adapter_config(path, problems)
+    alphas = _AlphaSource(fmt, h.metadata, adapter_config, problems)
+
+    unpaired = [p.name for p in pairs.values() if not (p.down and p.up)]
+    if unpaired:
+        problems.add(f"{len(unpaired)} LoRA layer(s) have only one of their two weights "
+                     f"(first: {unpaired[0][:120]})")
+
+    stats: dict[str, TensorStat] = {}
+    modules: list[Module] = []
+    mm: mmap.mmap | None = None
+    f = None
+    try:
+        if h.size > 0:
+            f = open(path, "rb")
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        sc = _Scanner(mm)
+        with _blas_single_thread():
+            for p in pairs.values():
+                if not (p.down and p.up):
+                    continue
+                modules.append(_module(sc, p, alphas, stats, problems))
+            budget = stats_budget
+            skipped = 0
+            for t in h.tensors:
+                if t.name in stats or t.dtype not in NUMPY_DTYPES:
+                    continue
+                if t.name in used and t.nbytes <= 64:
+                    pass                       # alpha scalars: always cheap
+                elif t.nbytes > budget:
+                    skipped += 1
+                    continue
+                else:
+                    budget -= t.nbytes
+                stats[t.name] = sc.scan(t).stat(t)
+            if skipped:
+                facts["stats_skipped_tensors"] = skipped
+    except (OSError, ValueError) as e:
+        problems.add(f"cannot read tensor data ({e})")
+    finally:
+        if mm is not None:
+            mm.close()
+        if f is not None:
+            f.close()
+
+    ck.tensors = [stats.get(t.name) or TensorStat(t.name, t.dtype, t.shape) for t in h.tensors]
+    ck.modules = modules
+    lycoris = sum(1 for t in h.tensors if LYCORIS_RE.search(t.name))
+    if modules:
+        ck.format = fmt
+        ck.rank = _most_common([m.rank for m in modules])
+        ck.alpha = _most_common([m.alpha for m in modules])
+        lora_dtypes = [t.dtype for p in pairs.values() if p.down and p.up for t in (p.down, p.up)]
+        ck.dtype = _most_common(lora_dtypes)
+        ck.target_modules = sorted({leaf_name(p.name, p.style)
+                                    for p in pairs.values() if p.down and p.up})
+    else:
+        ck.dtype = _most_common([t.dtype for t in h.tensors])
+        hint = _adapter_hints(path, h.metadata, h.tensors, adapter_config)
+        if lycoris:
+            facts["lycoris_layers"] = lycoris
+            problems.add(f"{lycoris} LyCORIS (LoHa/LoKr/OFT) tensors: not analysed")
+        elif not h.tensors:
+            ck.format = hint if hint and hint != "unknown-adapter" else "unknown"
+            problems.add("file holds no tensors")
+        elif hint:
+            ck.format = hint if hint != "unknown-adapter" else "unknown"
+            problems.add("adapter file holds no LoRA weights (no down/up or A/B pair)")
+        else:
+            facts["no_lora_modules"] = True    # a full model's weights: not a problem
+
+    step, epoch = step_from_path(rel, ck.format)
+    if ck.format == "kohya" or any(k.startswith("ss_") for k in h.metadata):
+        ss_steps = _int_meta(h.metadata.get("ss_steps"))
+        ss_epoch = _int_meta(h.metadata.get("ss_epoch"))
+        if ss_steps is not None and step is None:
+            step = ss_steps
+        if ss_epoch is not None and epoch is None:
+            epoch = ss_epoch
+    ck.step = step
+    if epoch is not None:
+        facts["checkpoint_epoch"] = epoch
+    ck.problems = problems.out()
+    return ReadResult(ck, True, facts)
+
+
+def _most_common(values: list) -> Any:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None
+    return Counter(vals).most_common(1)[0][0]
+
+
+def _module(sc: _Scanner, p: _Pair, alphas: _AlphaSource, stats: dict[str, TensorStat],
+            problems: _Problems) -> Module:
+    down, up = p.down, p.up
+    assert down is not None and up is not None
+    if p.embedding:
+        # PEFT embedding LoRA: A [r, num_embeddings], B [dim, r]; update (B @ A)^T
+        rank = down.shape[0] if down.shape else None
+    else:
+        rank = down.shape[0] if len(down.shape) >= 2 else None
+    up_k = 1
+    for d in up.shape[2:]:
+        up_k *= d
+    chain = (rank is not None and rank > 0 and len(up.shape) >= 2 and up.shape[1] == rank
+             and up_k == 1 and rank <= MAX_GRAM_RANK
+             and down.dtype in NUMPY_DTYPES and up.dtype in NUMPY_DTYPES)
+    if rank is not None and len(up.shape) >= 2 and up.shape[1] != rank:
+        problems.add(f"{p.name[:120]}: up {list(up.shape)} and down {list(down.shape)} "
+                     "shapes do not chain")
+    alpha = sc.scalar(p.alpha_t) if p.alpha_t is not None else None
+    rslora = False
+    if alpha is None:
+        alpha, rslora = alphas.alpha(p)
+    if down.dtype not in NUMPY_DTYPES or up.dtype not in NUMPY_DTYPES:
+        return Module(p.name, rank, alpha, None, None, False, 0)
+    a_acc = sc.scan(down, "cols" if chain else None, rank or 0)
+    b_acc = sc.scan(up, "rows" if chain else None, rank or 0)
+    stats[down.name] = a_acc.stat(down)
+    stats[up.name] = b_acc.stat(up)
+    if p.alpha_t is not None:
+        stats[p.alpha_t.name] = sc.scan(p.alpha_t).stat(p.alpha_t)
+    if chain and a_acc.gram is not None and b_acc.gram is not None:
+        sq = float(np.sum(a_acc.gram * b_acc.gram))
+        norm = math.sqrt(max(sq, 0.0))
+        if alpha is not None and rank:
+            norm *= alpha / (math.sqrt(rank) if rslora else rank)
+    else:
+        norm = stats[up.name].norm
+    ups = stats[up.name]
+    return Module(name=p.name, rank=rank, alpha=alpha, norm=norm if math.isfinite(norm) else None,
+                  mean_abs=ups.mean_abs, zero=ups.zero,
+                  nonfinite=stats[down.name].nonfinite + ups.nonfinite)
+
+
+def read_checkpoint(path: Path, rel: str, adapter_config: dict | None = None) -> Checkpoint:
+    """One safetensors file as a :class:`Checkpoint` (problems on ``Checkpoint.problems``).
+    ``adapter_config``: the PEFT ``adapter_config.json`` dict; when None it is looked for
+    beside the file."""
+    return read(path, rel, adapter_config).checkpoint
+
+
+def parse(path: Path, rel: str) -> Parsed:
+    """The ingest entry point: one ``*.safetensors`` file of a run directory."""
+    r = read(path, rel)
+    ck = r.checkpoint
+    src = Source(path=rel, kind=KIND, records=len(ck.tensors), problems=list(ck.problems))
+    parsed = Parsed(source=src, checkpoints=[ck] if r.readable else [], facts=dict(r.facts))
+    if ck.format in ("kohya", "diffusers"):
+        parsed.facts["task"] = "sd"
+    elif ck.format == "peft" and any(".layers." in m.name for m in ck.modules):
+        parsed.facts["task"] = "llm"
+    if ck.metadata:
+        try:
+            from lorascope.ingest.config import parse_safetensors_metadata
+        except ImportError:
+            parse_safetensors_metadata = None
+        if parse_safetensors_metadata is not None:
+            try:
+                parsed.config.extend(parse_safetensors_metadata(ck.metadata, rel, parsed.facts) or [])
+            except Exception as e:     # another module's bug must not lose this file
+                src.problems.append(f"metadata could not be read as config ({type(e).__name__})")
+    return parsed
