@@ -1,0 +1,171 @@
+"""The self-contained HTML post-mortem (Jinja2, autoescaped, charts inlined)."""
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import io
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
+
+from lorascope import __version__
+from lorascope.report import charts
+from lorascope.rules.registry import data_dir
+
+MAX_THUMBS = 24
+
+
+def _env() -> Environment:
+    return Environment(loader=FileSystemLoader(str(data_dir("reports/templates"))),
+                       autoescape=select_autoescape(["html", "j2"], default=True),
+                       trim_blocks=True, lstrip_blocks=True)
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "unset"
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+def story(run, findings, verdict: str) -> str:
+    """One paragraph telling what happened, in order."""
+    parts = []
+    st = run.steps
+    if st.last is not None:
+        done = f"ran {st.last} optimizer steps"
+        if st.planned and st.planned != st.last:
+            done += f" of {st.planned} planned"
+        parts.append(f"This {run.trainer if run.trainer != 'unknown' else ''} run {done}.".replace("  ", " "))
+    tl = run.primary("train_loss")
+    if tl is not None and len(tl.values):
+        import numpy as np
+        fin = tl.values[np.isfinite(tl.values)]
+        if len(fin) >= 2:
+            k = max(1, len(fin) // 20)
+            parts.append(f"The training loss went from about {np.median(fin[:k]):.3g} "
+                         f"to {np.median(fin[-k:]):.3g}.")
+    crit = [f for f in findings if f.severity == "critical"]
+    warn = [f for f in findings if f.severity == "warning"]
+    main = next((f for f in crit if f.step is not None), None) or (crit[0] if crit else None) \
+        or next((f for f in warn if f.step is not None), None) or (warn[0] if warn else None)
+    if main is None:
+        parts.append("lorascope found nothing wrong in the curves, logs, data or checkpoints it read.")
+    else:
+        when = f"At step {main.step}: " if main.step is not None else ""
+        parts.append(f"{when}{main.title.rstrip('.')}.")
+        if main.causes:
+            c = main.causes[0]
+            parts.append(f"Most likely cause ({c.confidence:.0%}): {c.text.rstrip('.')}.")
+        if main.fix:
+            parts.append("Suggested change: " + ", ".join(f"{k} {_fmt(run.config.get(k))} → {_fmt(v)}"
+                                                         for k, v in main.fix.items()) + ".")
+        others = len(crit) + len(warn) - 1
+        if others > 0:
+            parts.append(f"{others} more finding(s) below.")
+    return " ".join(parts)
+
+
+def _thumb(path: Path) -> str | None:
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            if im.width * im.height > 64_000_000:
+                return None
+            im.draft("RGB", (160, 160))
+            im = im.convert("RGB")
+            im.thumbnail((120, 120))
+            buf = io.BytesIO()
+            im.save(buf, format="JPEG", quality=70)
+        return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+    except Exception:
+        return None
+
+
+def flagged_images(run, findings) -> list[dict]:
+    """Dataset files named by data findings, with a thumbnail when they decode."""
+    items = {}
+    for ds in run.datasets:
+        for it in ds.items:
+            if it.file:
+                items[it.file] = (ds, it)
+    out, seen = [], set()
+    run_dir = Path(run.path).resolve()
+    for f in findings:
+        if not f.rule.startswith("data."):
+            continue
+        for name in f.files:
+            if name in seen or len(out) >= MAX_THUMBS:
+                continue
+            seen.add(name)
+            ds_it = items.get(name)
+            caption = ds_it[1].caption if ds_it else None
+            thumb = None
+            p = (run_dir / name).resolve()
+            inside = run_dir in p.parents
+            if ds_it is not None and not inside:
+                root = Path(ds_it[0].root).resolve()
+                inside = root in p.parents or (root / name).resolve().exists()
+            if inside and p.is_file() and p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"):
+                thumb = _thumb(p)
+            out.append({"file": name, "rule": f.rule, "caption": caption, "thumb": thumb,
+                        "error": ds_it[1].error if ds_it else None})
+    return out
+
+
+def fix_diff(run, fix: dict) -> list[dict]:
+    rows = []
+    for k, v in fix.items():
+        origin = run.config.origins.get(k)
+        rows.append({"key": k, "old": _fmt(run.config.get(k)), "new": _fmt(v),
+                     "where": f"{origin.file}: {origin.orig_key}" if origin else "not set in any config"})
+    return rows
+
+
+def render_html(a, doc: dict) -> str:
+    run, findings = a.run, a.findings
+    timeline = charts.timeline_svg(run, findings)
+    norms = charts.norms_svg(run)
+    ctx = {
+        "doc": doc,
+        "run": doc["run"],
+        "verdict": doc["verdict"],
+        "story": story(run, findings, doc["verdict"]),
+        "timeline": Markup(timeline) if timeline else None,
+        "norms": Markup(norms) if norms else None,
+        "findings": [dict(f.to_json(), diff=fix_diff(run, f.fix), idx=i)
+                     for i, f in enumerate(findings)],
+        "images": flagged_images(run, findings),
+        "counts": {s: sum(1 for f in findings if f.severity == s) for s in ("critical", "warning", "info")},
+        "version": __version__,
+        "generated": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "rule_errors": a.rule_errors[::2],
+    }
+    return _env().get_template("report.html.j2").render(**ctx)
+
+
+def write_html(a, doc: dict, target: Path) -> Path:
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(render_html(a, doc), encoding="utf-8")
+    return target
+
+
+def write_index(docs: list[dict], htmls: list[str | None], target: Path) -> Path:
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for d, h in zip(docs, htmls):
+        top = d["findings"][0] if d["findings"] else None
+        rows.append({"path": d["run"]["path"], "trainer": d["run"]["trainer"], "verdict": d["verdict"],
+                     "steps": d["run"]["steps"], "n": len(d["findings"]),
+                     "top": top, "href": Path(h).name if h else None,
+                     "counts": {s: sum(1 for f in d["findings"] if f["severity"] == s)
+                                for s in ("critical", "warning", "info")}})
+    html = _env().get_template("index.html.j2").render(
+        rows=rows, version=__version__,
+        generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+    target.write_text(html, encoding="utf-8")
+    return target
