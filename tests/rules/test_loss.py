@@ -1,0 +1,152 @@
+import json
+import math
+
+import numpy as np
+import pytest
+
+from curves import alarms, check, decay, make_run
+from helpers import WILD
+
+CURVE = ["loss.spike", "loss.divergence", "loss.plateau", "loss.oscillation", "loss.epoch_jump",
+         "loss.nonfinite"]
+
+
+def healthy(n=800, noise=0.05, seed=0):
+    return np.exp(decay(n, noise, seed))
+
+
+@pytest.mark.parametrize("noise", [0.02, 0.1, 0.3])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_healthy_noisy_curves_raise_no_alarm(noise, seed):
+    run = make_run(healthy(1500, noise, seed), bounds=[501, 1001])
+    for rid in CURVE:
+        assert alarms(rid, run) == [], rid
+
+
+def test_nonfinite_reports_the_first_nan_step():
+    v = healthy()
+    v[600:] = np.nan
+    (f,) = check("loss.nonfinite", make_run(v))
+    assert f.severity == "critical" and f.step == 601
+    assert "stayed non-finite" in f.title
+
+
+def test_nonfinite_finds_nan_hidden_by_the_logging_filter():
+    v, g = healthy(), np.full(800, 0.5)
+    v[300:], g[300:] = 0.0, np.nan
+    (f,) = check("loss.nonfinite", make_run(v, grad=g))
+    assert f.severity == "critical" and f.step == 301
+    assert any("0.0" in e for e in f.evidence)
+    # and the zeros are not mistaken for a plateau / spike / divergence
+    for rid in ("loss.spike", "loss.divergence", "loss.plateau"):
+        assert alarms(rid, make_run(v, grad=g)) == []
+
+
+def test_isolated_nonfinite_grad_norm_with_finite_loss_is_only_info():
+    g = np.full(800, 0.5)
+    g[[100, 420, 650]] = np.inf
+    (f,) = check("loss.nonfinite", make_run(healthy(), grad=g))
+    assert f.severity == "info" and "skipped" in f.title
+
+
+@pytest.mark.parametrize("recover", [True, False])
+def test_spike_fires_at_the_jump_and_says_whether_it_recovered(recover):
+    y = decay(1000, 0.08, seed=3)
+    y[600:650 if recover else None] += math.log(4)
+    (f,) = alarms("loss.spike", make_run(np.exp(y)))
+    assert f.severity == "critical" and abs(f.step - 601) <= 3
+    assert ("recovered" in f.title) == recover
+    assert alarms("loss.divergence", make_run(np.exp(y))) == []
+
+
+def test_spike_ignores_one_outlier_and_loss_times_grad_accum():
+    v = healthy(1000, 0.05)
+    v[500] *= 6
+    assert alarms("loss.spike", make_run(v)) == []
+    v = healthy(1000, 0.05)
+    v[700:] *= 8     # the trainer started logging loss * grad_accum
+    assert alarms("loss.spike", make_run(v, config={"grad_accum": 8})) == []
+
+
+def test_divergence_onset_and_no_alarm_for_a_warmup_bump():
+    y = decay(2000, 0.05, seed=4)
+    y[1000:] += np.linspace(0, math.log(6), 1000)
+    (f,) = alarms("loss.divergence", make_run(np.exp(y)))
+    assert f.severity == "critical" and abs(f.step - 1001) <= 40
+    y = decay(2000, 0.05, seed=4)
+    y[:40] += 0.12 * np.sin(np.linspace(0, np.pi, 40))
+    assert alarms("loss.divergence", make_run(np.exp(y), config={"warmup_steps": 40})) == []
+
+
+def test_plateau_fires_on_a_flat_loss_and_is_info_for_diffusion():
+    v = np.exp(np.log(2.3) + np.random.default_rng(5).normal(0, 0.05, 600))
+    (f,) = check("loss.plateau", make_run(v))
+    assert f.severity == "critical" and "never decreased" in f.title
+    (g,) = check("loss.plateau", make_run(v, task="sd"))
+    assert g.severity == "info"
+
+
+def test_preference_and_rl_losses_get_no_ratio_alarms():
+    rng = np.random.default_rng(6)
+    grpo = rng.normal(0.0, 0.02, 800)
+    grpo[rng.random(800) < 0.03] += 0.1
+    run = make_run(grpo)
+    for rid in ("loss.spike", "loss.plateau", "loss.oscillation", "loss.divergence"):
+        assert alarms(rid, run) == [], rid
+    dpo = 0.693 * np.exp(-np.arange(800) / 100) + np.abs(rng.normal(0, 0.01, 800))
+    for rid in ("loss.spike", "loss.plateau"):
+        assert alarms(rid, make_run(dpo)) == [], rid
+
+
+def test_oscillation_fires_on_waves_not_on_noise():
+    y = decay(2000, 0.05, seed=7) + 0.35 * np.sin(np.arange(2000) * 2 * np.pi / 150)
+    (f,) = alarms("loss.oscillation", make_run(np.exp(y)))
+    assert f.severity == "warning"
+    assert alarms("loss.spike", make_run(np.exp(y))) == []
+
+
+def test_epoch_jump_at_boundaries_and_running_average_artifact():
+    y = decay(1500, 0.05, seed=8)
+    for b in (500, 1000):
+        y[b:] -= math.log(1.5)
+    (f,) = alarms("loss.epoch_jump", make_run(np.exp(y), bounds=[501, 1001]))
+    assert f.step == 501 and "drops" in f.title and f.severity == "warning"
+    assert alarms("loss.spike", make_run(np.exp(y), bounds=[501, 1001])) == []
+    (g,) = check("loss.epoch_jump", make_run(np.exp(y), bounds=[501, 1001], loss_name="loss/average",
+                                             facts={"loss_running_average": True}))
+    assert g.severity == "info" and "artifact" in g.title
+
+
+@pytest.mark.parametrize("values", [[], [1.0], [np.nan] * 30, [2.0] * 100, [1e30] * 100,
+                                    list(-np.linspace(1, 2, 50))])
+def test_edge_cases_never_crash(values):
+    run = make_run(np.asarray(values, dtype=float)) if len(values) else make_run(np.zeros(0))
+    for rid in CURVE:
+        check(rid, run)
+
+
+def test_constant_loss_is_a_plateau_and_nothing_else():
+    run = make_run(np.full(200, 2.0))
+    assert [f.rule for rid in CURVE for f in alarms(rid, run)] == ["loss.plateau"]
+
+
+def _wild_runs(prefix):
+    if not WILD.is_dir():
+        pytest.skip("wild runs not available")
+    out = []
+    for st in sorted(WILD.glob(f"{prefix}*/**/trainer_state.json")):
+        hist = json.loads(st.read_text(encoding="utf-8")).get("log_history", [])
+        pts = {int(e["step"]): float(e["loss"]) for e in hist
+               if e.get("loss") is not None and "step" in e}
+        if len(pts) >= 10:
+            steps = np.array(sorted(pts))
+            out.append(make_run(np.array([pts[s] for s in steps]), steps=steps))
+    return out
+
+
+def test_real_grpo_runs_get_no_spike_or_plateau():
+    runs = _wild_runs("trl-grpo")
+    assert runs
+    for run in runs:
+        for rid in ("loss.spike", "loss.plateau", "loss.divergence"):
+            assert alarms(rid, run) == [], rid
