@@ -1,0 +1,512 @@
+"""Trainer stdout/stderr captured to a file: ``train.log``, ``*.log``,
+LLaMA-Factory ``running_log.txt``, ``logs/*.txt``.
+
+Two things come out of a text log:
+
+* :class:`LogEvent` records for what matters to a post-mortem (the base model was or was
+  not loaded, how many parameters are trainable, out-of-memory, NaN warnings,
+  tracebacks), each with its file and 1-based line;
+* curves, where the trainer printed them: HF Trainer / LLaMA-Factory print one
+  ``{'loss': 2.1, 'grad_norm': ..., 'learning_rate': ..., 'epoch': 0.1}`` line per
+  logging step *without the step number* (steps are then synthetic: the ordinal times
+  the logging interval when the log reveals it, ``facts["steps_synthetic"] = True``);
+  kohya sd-scripts' progress bar carries the real step and ``avr_loss``.
+
+Harmless noise is ignored on purpose: TensorFlow/XLA "E0000 ... Unable to register
+cuDNN factory" lines are not errors, and out-of-memory means ``CUDA out of memory`` /
+``OutOfMemoryError``, not any line with an "E" in it.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from lorascope.ingest._lines import MAX_LINE, ReadStats, iter_lines
+from lorascope.model import ConfigValue, LogEvent, Parsed, RawSeries, Source
+
+KIND = "text_log"
+MAX_EVENTS_PER_KIND = 200
+MAX_TEXT = 300
+MAX_TRACEBACK_LINES = 5000      # a traceback longer than this is closed without exception
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_RANK = re.compile(r"^\s*\[(?:rank|default)\d*\]:\s?")
+_RICH_SRC = re.compile(r"\s{2,}[\w.-]+\.py:\d+\s*$")
+_NUM = r"-?[0-9][0-9,]*"
+
+
+def _int(s: str) -> int:
+    return int(s.replace(",", ""))
+
+
+def _float(s: str) -> float | None:
+    try:
+        return float(s.replace(",", ""))
+    except ValueError:
+        return None
+
+
+# -- event patterns -----------------------------------------------------------------
+# Each: (kind, regex, data builder or None).  The builder returns the event's data dict,
+# or None to drop the match.
+
+HEAD_NAMES = {"classifier", "score", "lm_head", "qa_outputs", "pooler", "pre_classifier",
+              "cls", "v_head", "summary", "head", "heads", "classification_head",
+              "proj_out", "embed_out", "logits_proj", "lm_loss", "output_layer"}
+MODEL_FILE_RE = re.compile(
+    r"(\.safetensors|\.ckpt|\.bin|\.pth?|\.gguf|config\.json|model[^/\\]*|checkpoint[^/\\]*"
+    r"|pretrained[^/\\]*|diffusion[^/\\]*|stable[-_]?diffusion[^/\\]*)['\"]?$", re.I)
+
+
+def _model_path(m: re.Match, line: str) -> dict | None:
+    path = m.group(1)
+    # only paths that name a model (a weights or config file, a model-ish folder)
+    if MODEL_FILE_RE.search(path) or re.search(r"models?[/\\]", path, re.I):
+        return {"path": path}
+    return None
+
+
+def _oom(m: re.Match, line: str) -> dict:
+    d: dict[str, Any] = {}
+    t = re.search(r"Tried to allocate ([0-9.]+ ?[KMGT]i?B)", line)
+    if t:
+        d["tried"] = t.group(1)
+    g = re.search(r"GPU (\d+)", line)
+    if g:
+        d["gpu"] = int(g.group(1))
+    c = re.search(r"([0-9.]+ ?[KMGT]i?B) total capacity|has a total capacity of ([0-9.]+ ?[KMGT]i?B)", line)
+    if c:
+        d["capacity"] = c.group(1) or c.group(2)
+    d["device"] = ("cpu" if "CPUAllocator" in line else "mps" if "MPS" in line else "cuda")
+    return d
+
+
+def _peft_params(m: re.Match, line: str) -> dict:
+    tr, tot = _int(m.group(1)), _int(m.group(2))
+    pct = _float(m.group(3))
+    return {"trainable": tr, "total": tot,
+            "percent": pct if pct is not None else (100.0 * tr / tot if tot else 0.0)}
+
+
+def _count_params(m: re.Match, line: str) -> dict:
+    return {"trainable": _int(m.group(1)), "total": None, "percent": None}
+
+
+def _lora_modules(part: str) -> Callable[[re.Match, str], dict]:
+    def build(m: re.Match, line: str) -> dict:
+        return {"modules": int(m.group(1)), "part": part}
+    return build
+
+
+PATTERNS: list[tuple[str, re.Pattern, Callable[[re.Match, str], dict | None] | None]] = [
+    # -- the base model was loaded
+    ("base_model_loaded", re.compile(r"loading weights file (\S+)(?: from cache at (\S+))?"),
+     lambda m, line: {"path": m.group(2) or m.group(1)}),
+    ("base_model_loaded", re.compile(r"All model checkpoint weights were used when initializing (\w+)"),
+     lambda m, line: {"model": m.group(1)}),
+    ("base_model_loaded", re.compile(r"All the weights of (\w+) were initialized from the model checkpoint at (\S+?)\.?$"),
+     lambda m, line: {"model": m.group(1), "path": m.group(2)}),
+    ("base_model_loaded", re.compile(r"load StableDiffusion checkpoint: (.+)$"),
+     lambda m, line: {"path": m.group(1).strip()}),
+    ("base_model_loaded", re.compile(r"load Diffusers pretrained models: (.+)$"),
+     lambda m, line: {"path": m.group(1).strip()}),
+    ("base_model_loaded", re.compile(r"loading (u-net|vae|text encoder): <All keys matched successfully>"),
+     lambda m, line: {"part": m.group(1)}),
+    ("base_model_loaded", re.compile(r"Loading checkpoint shards: 100%"), None),
+    # -- the base model was not loaded
+    ("base_model_not_loaded", re.compile(r"(\S{1,1000}) is not a local folder and is not a valid model identifier"),
+     lambda m, line: {"path": m.group(1).strip("'\"")}),
+    ("base_model_not_loaded", re.compile(r"Can't load (?:the )?(model|config|configuration|tokenizer|weights|feature extractor|processor)\b[^']*'([^']+)'"),
+     lambda m, line: {"what": m.group(1), "path": m.group(2)}),
+    ("base_model_not_loaded", re.compile(r"[Nn]o file named (.+?) found in directory (\S+)"),
+     lambda m, line: {"path": m.group(2).rstrip(".")}),
+    ("base_model_not_loaded", re.compile(r"model is not found as a file or in Hugging Face.*?:\s*(\S+)\s*$"),
+     lambda m, line: {"path": m.group(1)}),
+    ("base_model_not_loaded", re.compile(r"No such file or directory: ['\"]([^'\"]+)['\"]"), _model_path),
+    ("base_model_not_loaded", re.compile(r"We couldn't connect to 'https://huggingface\.co'"), None),
+    ("base_model_not_loaded", re.compile(r"(RepositoryNotFoundError|GatedRepoError)\b"),
+     lambda m, line: {"error": m.group(1)}),
+    # -- trainable parameters
+    ("trainable_params", re.compile(rf"trainable params: ({_NUM}) \|\| all params: ({_NUM}) \|\| trainable%: ([-0-9.eE+]+|nan)"),
+     _peft_params),
+    ("trainable_params", re.compile(rf"Number of trainable parameters = ({_NUM})"), _count_params),
+    ("trainable_params", re.compile(rf"(?:number of trainable parameters|Total trainable parameters):\s*({_NUM})"),
+     _count_params),
+    ("trainable_params", re.compile(r"create LoRA for U-Net: (\d+) modules"), _lora_modules("unet")),
+    ("trainable_params", re.compile(r"create LoRA for Text Encoder(?: \d+)?: (\d+) modules"),
+     _lora_modules("text_encoder")),
+    ("no_trainable_params", re.compile(r"optimizer got an empty parameter list"),
+     lambda m, line: {"reason": "empty optimizer parameter list"}),
+    ("no_trainable_params", re.compile(r"element 0 of tensors does not require grad and does not have a grad_fn"),
+     lambda m, line: {"reason": "loss does not require grad"}),
+    # -- out of memory
+    ("oom", re.compile(r"CUDA out of memory|(?:torch\.(?:cuda\.)?)?OutOfMemoryError|CUDA error: out of memory"
+                       r"|DefaultCPUAllocator: can't allocate memory|MPS backend out of memory"), _oom),
+    # -- NaN / Inf warnings
+    ("nonfinite_warning", re.compile(r"NaN or Inf found in input tensor"), lambda m, line: {"what": "grad"}),
+    ("nonfinite_warning", re.compile(r"(?i)\bloss\b[^\n,]{0,30}?(?:\b(?:is|became|was)\b|=|:)\s*(?:a\s+)?(nan|inf|-inf|infinity)\b(?!')"),
+     lambda m, line: {"what": "loss"}),
+    ("nonfinite_warning", re.compile(r"(?i)\b(?:nan|inf) (?:loss|detected in loss)\b"), lambda m, line: {"what": "loss"}),
+    ("nonfinite_warning", re.compile(r"Gradient overflow\.\s+Skipping step"), lambda m, line: {"what": "grad_overflow"}),
+]
+
+# lower-case substrings one of which a line must hold for each pattern to be tried
+NEEDLES: list[tuple[str, ...]] = [
+    ("loading weights file",), ("all model checkpoint weights",), ("all the weights of",),
+    ("load stablediffusion",), ("load diffusers",), ("all keys matched",), ("checkpoint shards",),
+    ("is not a local folder",), ("can't load",), ("o file named",), ("model is not found",),
+    ("no such file or directory",), ("couldn't connect",), ("repositorynotfound", "gatedrepo"),
+    ("trainable params:",), ("number of trainable parameters",),
+    ("number of trainable parameters", "total trainable parameters"), ("create lora for u-net",),
+    ("create lora for text encoder",), ("empty parameter list",), ("does not require grad",),
+    ("out of memory", "outofmemoryerror", "can't allocate memory"), ("nan or inf found",),
+    ("nan", " inf", "=inf", "infinity"), ("nan loss", "inf loss", "detected in loss"),
+    ("gradient overflow",),
+]
+assert len(NEEDLES) == len(PATTERNS)
+# Substring tests on the lower-cased line are far cheaper than one big case-insensitive
+# regex alternation (which Python's re does not optimise): most lines pass no gate.
+EVENT_NEEDLES = tuple(sorted({n for ns in NEEDLES for n in ns}))
+MISC_NEEDLES = ("some weights of", "load report", "num epochs", "batch size", "accumulation steps",
+                "optimization steps", "logging_steps", "saving model checkpoint")
+
+NEWLY_INIT_RE = re.compile(r"Some weights of (\S+) were not initialized from the model checkpoint at (\S+)"
+                           r"(?: and are newly initialized)?(?:[^:\[]*)?:?\s*(\[.*)?$")
+LOAD_REPORT_RE = re.compile(r"(\w{1,200}) LOAD REPORT from: (\S+)")
+TRACEBACK_RE = re.compile(r"Traceback \(most recent call last\):")
+
+# -- curves ---------------------------------------------------------------------------
+DICT_RE = re.compile(r"\{'[^{}]{1,4000}\}")
+PAIR_RE = re.compile(r"'([^'\\]{1,100})':\s*([^,{}]+?)\s*(?=,|\})")
+SUMMARY_KEYS = {"train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos"}
+TRAIN_KEYS = {"loss", "learning_rate", "grad_norm"}
+SKIP_DICT_KEYS = {"epoch", "step", "total_flos", "num_input_tokens_seen"}
+SKIP_SUFFIXES = ("_runtime", "_samples_per_second", "_steps_per_second")
+KOHYA_BAR_RE = re.compile(r"(\d{1,12})/(\d{1,12}) \[[^\]\r]*?avr_loss=([-+0-9.eE]+|nan|inf)")
+LOG_STEPS_RE = re.compile(r"\blogging_steps\s*[=:]\s*(\d+)")
+SAVE_RE = re.compile(r"Saving model checkpoint to \S*checkpoint-(\d+)")
+
+# -- run shape the log reveals ------------------------------------------------------------
+HF_SHAPE = [
+    (re.compile(rf"Num Epochs = ({_NUM})"), "epochs", "Num Epochs"),
+    (re.compile(rf"Instantaneous batch size per device = ({_NUM})"), "batch_size",
+     "Instantaneous batch size per device"),
+    (re.compile(rf"Gradient Accumulation steps = ({_NUM})"), "grad_accum", "Gradient Accumulation steps"),
+    (re.compile(rf"num epochs / epoch\S*: ({_NUM})"), "epochs", "num epochs"),
+    (re.compile(rf"batch size per device / \S+: ({_NUM})\s*$"), "batch_size", "batch size per device"),
+    (re.compile(rf"gradient accumulation steps / \S+ = ({_NUM})"), "grad_accum", "gradient accumulation steps"),
+]
+PLANNED_RE = re.compile(rf"(?:Total optimization steps = |total optimization steps / \S+: )({_NUM})")
+
+
+def _clean(line: str) -> str:
+    if "\x1b" in line:
+        line = _ANSI.sub("", line)
+    if ".py:" in line:
+        line = _RICH_SRC.sub("", line)      # rich logging's right-aligned "file.py:123"
+    return _RANK.sub("", line)
+
+
+def _parse_dict(text: str) -> dict[str, float] | None:
+    """A printed Python dict of numbers (``nan``/``inf`` allowed) -> {key: float}.
+    Non-numeric values (strings) are left out; None when it holds no number."""
+    out: dict[str, float] = {}
+    for k, v in PAIR_RE.findall(text):
+        v = v.strip()
+        if v.startswith(("'", '"')):
+            continue
+        if v.startswith("tensor(") and v.endswith(")"):
+            v = v[7:-1]
+        f = _float(v) if v not in ("True", "False", "None") else None
+        if f is not None:
+            out[k] = f
+    return out or None
+
+
+class _Collector:
+    """Events, bounded per kind."""
+
+    def __init__(self, rel: str):
+        self.rel = rel
+        self.events: list[LogEvent] = []
+        self.counts: dict[str, int] = {}
+
+    def add(self, kind: str, line: int, text: str, data: dict | None = None) -> None:
+        n = self.counts.get(kind, 0)
+        self.counts[kind] = n + 1
+        if n < MAX_EVENTS_PER_KIND:
+            self.events.append(LogEvent(kind=kind, file=self.rel, line=line,
+                                        text=text.strip()[:MAX_TEXT], data=data or {}))
+
+
+def _init_data(model: str, path: str, names: list[str]) -> dict:
+    """Newly initialized weights: only a task head (expected) or layers of the body?"""
+    head_only = None
+    if names:
+        head_only = all(any(part in HEAD_NAMES for part in n.split(".")[:-1] or [n]) for n in names)
+    return {"model": model, "path": path, "count": len(names), "names": names[:10],
+            "head_only": head_only}
+
+
+def _report_init(ev: "_Collector", lineno: int, text: str, data: dict) -> None:
+    ev.add("weights_not_initialized", lineno, text, data)
+    if data["head_only"] is False:
+        ev.add("base_model_not_loaded", lineno, text,
+               {"path": data["path"], "newly_initialized": data["count"]})
+
+
+class _State:
+    """What one pass over the lines collects."""
+
+    def __init__(self, rel: str):
+        self.ev = _Collector(rel)
+        self.dicts: list[tuple[int, str, dict[str, float]]] = []   # (line, train|eval|summary, values)
+        self.saves: list[tuple[int, int]] = []     # (checkpoint step, train dict lines before it)
+        self.n_train = 0
+        self.log_steps: int | None = None
+        self.bar: dict[int, float] = {}            # kohya progress bar: step -> avr_loss
+        self.bar_total: int | None = None
+        self.planned: int | None = None
+        self.shape: dict[str, tuple[int, str]] = {}
+        self.lora_modules: dict[str, tuple[int, int, str]] = {}   # part -> (modules, line, text)
+        self.tb: tuple[int, str] | None = None     # open traceback: (line, text)
+        self.tb_len = 0
+        self.report: tuple | None = None           # open LOAD REPORT: (line, text, model, missing, path)
+
+    # -- one line ---------------------------------------------------------------------
+    def line(self, lineno: int, line: str) -> None:
+        if self.tb is not None:
+            self._traceback(lineno, line)
+        if "Traceback (" in line and TRACEBACK_RE.search(line):
+            self.tb, self.tb_len = (lineno, line), 0
+        low = line.lower()
+        if any(n in low for n in EVENT_NEEDLES):
+            self._events(lineno, line, low)
+        if self.report is not None:
+            self._report_row(line)
+        if any(n in low for n in MISC_NEEDLES):
+            self._misc(lineno, line)
+        if "{'" in line:
+            self._dicts(lineno, line)
+        if "avr_loss=" in line:
+            for bm in KOHYA_BAR_RE.finditer(line):
+                v = _float(bm.group(3))
+                if v is not None:
+                    self.bar[int(bm.group(1))] = v
+                    self.bar_total = int(bm.group(2))
+
+    def _traceback(self, lineno: int, line: str) -> None:
+        self.tb_len += 1
+        if line[:1] in (" ", "\t") and self.tb_len < MAX_TRACEBACK_LINES:
+            return          # "  File ...", source lines
+        start, text = self.tb
+        if TRACEBACK_RE.search(line):
+            self.ev.add("traceback", start, text, {"exception": None})
+        else:
+            self.ev.add("traceback", start, text,
+                        {"exception": line.strip()[:MAX_TEXT], "exception_line": lineno})
+        self.tb = None
+
+    def _events(self, lineno: int, line: str, low: str) -> None:
+        ev = self.ev
+        for (kind, rx, build), needles in zip(PATTERNS, NEEDLES):
+            if not any(n in low for n in needles):
+                continue
+            m = rx.search(line)
+            if not m:
+                continue
+            data = build(m, line) if build else {}
+            if data is None:
+                continue
+            if kind == "trainable_params" and "part" in data:
+                self.lora_modules[data["part"]] = (data["modules"], lineno, line)
+            ev.add(kind, lineno, line, data)
+            if kind == "trainable_params" and data.get("trainable") == 0:
+                ev.add("no_trainable_params", lineno, line, dict(data, reason="0 trainable parameters"))
+
+    def _report_row(self, line: str) -> None:
+        cols = [c.strip() for c in line.split("|")]
+        if len(cols) >= 2 and not line.lstrip().startswith("Notes"):
+            if cols[1] == "MISSING":
+                self.report[3].append(cols[0])
+        elif not set(line.strip()) <= set("-+"):
+            self.close_report()
+
+    def close_report(self) -> None:
+        r = self.report
+        if r is not None and r[3]:
+            _report_init(self.ev, r[0], r[1], _init_data(r[2], r[4], r[3]))
+        self.report = None
+
+    def _misc(self, lineno: int, line: str) -> None:
+        if "Some weights of" in line:                      # transformers 4.x
+            m = NEWLY_INIT_RE.search(line)
+            if m:
+                names = re.findall(r"'([^']+)'", m.group(3) or "")
+                _report_init(self.ev, lineno, line, _init_data(m.group(1), m.group(2).rstrip(":"), names))
+        if "LOAD REPORT" in line:                          # transformers 5.x table follows
+            m = LOAD_REPORT_RE.search(line)
+            if m:
+                self.close_report()
+                self.report = (lineno, line, m.group(1), [], m.group(2))
+        for rx, key, orig in HF_SHAPE:
+            m = rx.search(line)
+            if m and key not in self.shape:
+                self.shape[key] = (_int(m.group(1)), orig)
+        m = PLANNED_RE.search(line)
+        if m:
+            self.planned = _int(m.group(1))
+        if self.log_steps is None:
+            m = LOG_STEPS_RE.search(line)
+            if m:
+                self.log_steps = int(m.group(1))
+        m = SAVE_RE.search(line)
+        if m:
+            self.saves.append((int(m.group(1)), self.n_train))
+
+    def _dicts(self, lineno: int, line: str) -> None:
+        for dm in DICT_RE.finditer(line):
+            vals = _parse_dict(dm.group(0))
+            if not vals:
+                continue
+            if SUMMARY_KEYS & vals.keys():
+                self.dicts.append((lineno, "summary", vals))
+            elif any(k.startswith("eval_") for k in vals):
+                self.dicts.append((lineno, "eval", vals))
+            elif TRAIN_KEYS & vals.keys():
+                self.dicts.append((lineno, "train", vals))
+                self.n_train += 1
+
+    def finish(self) -> None:
+        if self.tb is not None:
+            self.ev.add("traceback", self.tb[0], self.tb[1], {"exception": None})
+            self.tb = None
+        self.close_report()
+        # kohya: LoRA injected into nothing (U-Net and text encoder)
+        unet = self.lora_modules.get("unet")
+        te = self.lora_modules.get("text_encoder")
+        if unet and unet[0] == 0 and (te is None or te[0] == 0):
+            self.ev.add("no_trainable_params", unet[1], unet[2],
+                        {"modules": 0, "reason": "LoRA created for 0 modules"})
+
+
+def parse(path: Path, rel: str) -> Parsed:
+    src = Source(path=rel, kind=KIND)
+    parsed = Parsed(source=src)
+    st = _State(rel)
+    stats = ReadStats()
+    try:
+        for lineno, raw, _cut in iter_lines(path, MAX_LINE, stats=stats):
+            line = _clean(raw)
+            if line.strip():
+                st.line(lineno, line)
+    except OSError as e:
+        src.problems.append(f"cannot read ({e.strerror or e})")
+    st.finish()
+    ev = st.ev
+
+    if stats.lines == 0:
+        src.problems.append("empty file")
+    if stats.long_lines:
+        src.problems.append(f"{stats.long_lines} lines longer than {MAX_LINE} characters were cut")
+    if stats.stopped_at_bytes:
+        src.problems.append(f"only the first {stats.stopped_at_bytes} bytes were read")
+    for kind, n in ev.counts.items():
+        if n > MAX_EVENTS_PER_KIND:
+            src.problems.append(f"{n} {kind} events, only the first {MAX_EVENTS_PER_KIND} kept")
+
+    parsed.events = sorted(ev.events, key=lambda e: e.line)
+    f = parsed.facts
+    f["lines"] = stats.lines
+    f["event_counts"] = dict(ev.counts)
+    _series_from_dicts(st.dicts, st.saves, st.log_steps, st.planned, parsed)
+    if st.bar:
+        steps = np.asarray(sorted(st.bar), dtype=np.int64)
+        parsed.series.append(RawSeries(tag="loss/average", steps=steps,
+                                       values=np.asarray([st.bar[s] for s in steps.tolist()], dtype=np.float64),
+                                       source=rel))
+        f.setdefault("trainer", "kohya")
+        f.setdefault("task", "sd")
+    planned = st.planned if st.planned is not None else st.bar_total
+    if planned:
+        f["planned_steps"] = planned
+    for key, (v, orig) in st.shape.items():
+        if v > 0:
+            parsed.config.append(ConfigValue(key, v, rel, orig))
+    src.records = len(parsed.events) + sum(len(x.steps) for x in parsed.series)
+    return parsed
+
+
+def _interval(saves: list[tuple[int, int]], log_steps: int | None, planned: int | None,
+              n_train: int, finished: bool) -> tuple[int, str] | None:
+    """The logging interval: printed (``logging_steps=10``), else the one that makes
+    every "Saving model checkpoint to .../checkpoint-N" line agree with the number of
+    loss lines printed before it, else planned steps / loss lines of a finished run."""
+    if log_steps and log_steps > 0:
+        return log_steps, "logging_steps"
+    obs = [(n, k) for n, k in saves if k > 0]
+    if obs:
+        n0, k0 = obs[0]
+        lo, hi = n0 // (k0 + 1) + 1, n0 // k0
+        fits = [i for i in range(max(1, lo), min(hi, lo + 100_000) + 1)
+                if all(n // i == k for n, k in obs) and all(n % i == 0 for n, _ in obs)]
+        if fits:
+            return fits[-1], "checkpoints"
+    if finished and planned and n_train and planned % n_train == 0:
+        return planned // n_train, "planned_steps"
+    return None
+
+
+def _series_from_dicts(dicts, saves, log_steps, planned, parsed: Parsed) -> None:
+    if not dicts:
+        return
+    rel = parsed.source.path
+    f = parsed.facts
+    for _, kind, vals in dicts:
+        if kind == "summary":
+            if "train_loss" in vals:
+                f["final_train_loss"] = vals["train_loss"]
+            if "train_runtime" in vals:
+                f["train_runtime"] = vals["train_runtime"]
+    body = [(ln, k, v) for ln, k, v in dicts if k != "summary"]
+    if not body:
+        return
+    n_train = sum(1 for _, k, _ in body if k == "train")
+    real = all("step" in v for _, _, v in body)
+    if real:
+        interval = None
+    else:
+        finished = any(k == "summary" for _, k, _ in dicts)
+        found = _interval(saves, log_steps, planned, n_train, finished)
+        interval = found[0] if found else 1
+        f["steps_synthetic"] = True
+        f["logging_interval"] = interval
+        f["logging_interval_from"] = found[1] if found else "unknown (ordinal)"
+    points: dict[str, tuple[list[int], list[float]]] = {}
+    ordinal = 0
+    epoch_seen: set[int] = set()
+    for _, kind, vals in body:
+        if real:
+            step = int(vals["step"])
+        elif kind == "train":
+            ordinal += 1
+            step = ordinal * interval
+        else:
+            step = ordinal * interval      # evaluation at the last logged step
+        if "epoch" in vals and step not in epoch_seen:
+            epoch_seen.add(step)
+            points.setdefault("epoch", ([], []))
+            points["epoch"][0].append(step)
+            points["epoch"][1].append(vals["epoch"])
+        for k, v in vals.items():
+            if k in SKIP_DICT_KEYS or k.endswith(SKIP_SUFFIXES):
+                continue
+            s, vs = points.setdefault(k, ([], []))
+            s.append(step)
+            vs.append(v)
+    for tag, (s, v) in points.items():
+        parsed.series.append(RawSeries(tag=tag, steps=np.asarray(s, dtype=np.int64),
+                                       values=np.asarray(v, dtype=np.float64), source=rel))
