@@ -275,6 +275,7 @@ class _State:
         self.tb: tuple[int, str] | None = None     # open traceback: (line, text)
         self.tb_len = 0
         self.report: tuple | None = None           # open LOAD REPORT: (line, text, model, missing, path)
+        self.trainer: str | None = None
 
     # -- one line ---------------------------------------------------------------------
     def line(self, lineno: int, line: str) -> None:
@@ -283,6 +284,8 @@ class _State:
         if "Traceback (" in line and TRACEBACK_RE.search(line):
             self.tb, self.tb_len = (lineno, line), 0
         low = line.lower()
+        if self.trainer is None or self.trainer == "hf-trainer":
+            self._trainer(line, low)
         if any(n in low for n in EVENT_NEEDLES):
             self._events(lineno, line, low)
         if self.report is not None:
@@ -297,6 +300,16 @@ class _State:
                 if v is not None:
                     self.bar[int(bm.group(1))] = v
                     self.bar_total = int(bm.group(2))
+
+    def _trainer(self, line: str, low: str) -> None:
+        """Which trainer printed this: LLaMA-Factory names its modules (``llamafactory.``)
+        and its web UI log; kohya prints bilingual headers; HF Trainer its banner."""
+        if "llamafactory" in low or "llama-factory" in low:
+            self.trainer = "llamafactory"
+        elif "学習開始" in line or "sd-scripts" in low:
+            self.trainer = "kohya"
+        elif self.trainer is None and "***** Running training *****" in line:
+            self.trainer = "hf-trainer"
 
     def _traceback(self, lineno: int, line: str) -> None:
         self.tb_len += 1
@@ -423,6 +436,15 @@ def parse(path: Path, rel: str) -> Parsed:
     f["lines"] = stats.lines
     f["event_counts"] = dict(ev.counts)
     _series_from_dicts(st.dicts, st.saves, st.log_steps, st.planned, parsed)
+    trainer = st.trainer
+    if rel.rsplit("/", 1)[-1] == "running_log.txt":
+        trainer = "llamafactory"            # the LLaMA-Factory web UI's capture of stdout
+    if trainer:
+        f["trainer"] = trainer
+        if trainer == "llamafactory":
+            f["task"] = "llm"
+        elif trainer == "kohya":
+            f["task"] = "sd"
     if st.bar:
         steps = np.asarray(sorted(st.bar), dtype=np.int64)
         parsed.series.append(RawSeries(tag="loss/average", steps=steps,

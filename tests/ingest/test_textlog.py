@@ -98,10 +98,12 @@ def test_hf_training_log_events_curves_and_oom(tmp_path):
     assert r.facts["planned_steps"] == 204
     cfg = {c.key: c.value for c in r.config}
     assert cfg == {"epochs": 3, "batch_size": 4, "grad_accum": 8}
+    assert r.facts["trainer"] == "llamafactory"
 
 
 def test_ordinal_steps_without_interval(tmp_path):
     r = parse(_write(tmp_path, "{'loss': 2.0, 'learning_rate': 1e-4, 'epoch': 0.1}\n" * 3), "t.log")
+    assert "trainer" not in r.facts
     assert _series(r)["loss"].steps.tolist() == [1, 2, 3]
     assert r.facts["logging_interval"] == 1 and r.facts["steps_synthetic"] is True
 
@@ -304,6 +306,7 @@ def test_wild_running_log_with_checkpoints():
     k = _kinds(r)
     assert k["trainable_params"][0].data["trainable"] == 18739200
     assert "oom" not in k and "base_model_not_loaded" not in k
+    assert r.facts["trainer"] == "llamafactory"
 
 
 def test_wild_stdout_log_matches_trainer_log():
@@ -314,6 +317,7 @@ def test_wild_stdout_log_matches_trainer_log():
     assert r.facts["final_train_loss"] == pytest.approx(0.198475, abs=1e-5)
     k = _kinds(r)
     assert "oom" not in k and "traceback" not in k      # only TensorFlow "E ..." noise there
+    assert r.facts["trainer"] == "llamafactory"        # "llamafactory.model.loader" lines
 
 
 def test_wild_prediction_run_log():
