@@ -245,3 +245,11 @@ def test_gbk_jsonl_encoding_recorded(tmp_path):
     ds, _ = load_text_dataset(p, tmp_path)
     assert ds.encoding == "gb18030" and ds.records == 3
     assert ds.items[0].caption.startswith("请把下面") and ds.items[0].control_chars == 0
+
+
+def test_progress_counter_goes_to_stderr_only(tmp_path, capsys):
+    for i in range(3):
+        noise().save(tmp_path / f"{i}.png")
+    load_image_dataset(tmp_path, tmp_path, jobs=1, progress=True)
+    out, err = capsys.readouterr()
+    assert out == "" and "\rchecking images 3/3" in err
