@@ -145,3 +145,18 @@ def test_duration_seconds():
     assert duration_seconds("0:03:29") == 209
     assert duration_seconds("1 day, 0:00:01") == 86401
     assert duration_seconds("soon") is None and duration_seconds(5) is None
+
+
+def test_every_wild_results_file_parses():
+    if not WILD.is_dir():
+        pytest.skip("wild runs not present")
+    from lorascope.discover import classify
+    files = [f for f in WILD.rglob("*.json") if classify(f.relative_to(WILD).as_posix()) == "results"]
+    assert files
+    for f in files:
+        r = parse_results(f, f.name)
+        assert r.source.problems == [] and r.series == [], f
+        assert r.facts["results"], f
+        # a results file is either a training summary or a prediction-only one
+        assert ("final_train_loss" in r.facts or "final_eval_loss" in r.facts
+                or r.facts.get("predict_only")), f
