@@ -216,6 +216,36 @@ def detect_mixed(groups: dict[str, list[RawSeries]], states: list[Parsed]) -> li
     return ev[:10]
 
 
+SOURCE_PREFERENCE = {"": 0, "trainer_state": 1, "trainer_log": 2, "text_log": 3}
+
+
+def _same_curve(a: Series, b: Series) -> bool:
+    """b repeats a: the same steps (or a subset) with the same values."""
+    if len(b.steps) > len(a.steps) or not np.isin(b.steps, a.steps).all():
+        return False
+    av = a.values[np.searchsorted(a.steps, b.steps)]
+    both_nan = ~np.isfinite(av) & ~np.isfinite(b.values)
+    close = np.isclose(av, b.values, rtol=2e-3, atol=1e-6)
+    return bool((close | both_nan).all())
+
+
+def _base(name: str) -> str:
+    n = name.split(" ")[0].lower()
+    return n[6:] if n.startswith("train/") else n
+
+
+def _drop_copies(series: list[Series]) -> list[Series]:
+    """One trainer writes the same curve to several files (HF: event file and
+    trainer_state.json; LLaMA-Factory: trainer_log.jsonl too): keep the first."""
+    kept: list[Series] = []
+    for s in series:
+        if any(k.role == s.role and (s.role != "other" or _base(k.name) == _base(s.name))
+               and _same_curve(k, s) for k in kept):
+            continue
+        kept.append(s)
+    return kept
+
+
 def _pick_state(states: list[Parsed]) -> Parsed | None:
     """The most complete trainer_state.json: longest log_history, then latest step."""
     if not states:
@@ -265,10 +295,16 @@ def build_series(parsed: list[Parsed], facts: dict) -> list[Series]:
     if mixed:
         facts["mixed_evidence"] = mixed
 
+    # curves parsed from printed stdout duplicate the structured logs: keep them only
+    # when no event file or trainer state/log gave a curve
+    structured = any(role_of(k.rpartition(":")[2]) != "other" for k in groups
+                     if not k.startswith("text_log:"))
     series: list[Series] = []
     names_seen: set[str] = set()
-    for key, raws in groups.items():
+    for key, raws in sorted(groups.items(), key=lambda kv: SOURCE_PREFERENCE.get(kv[0].rpartition(":")[0], 9)):
         kind, _, tag = key.rpartition(":")
+        if kind == "text_log" and structured:
+            continue
         steps, vals, srcs = _merge_raw(raws)
         if len(steps) == 0:
             continue
@@ -280,6 +316,7 @@ def build_series(parsed: list[Parsed], facts: dict) -> list[Series]:
         if tag.lower() in RUNNING_AVERAGE_TAGS:
             role = "other"
         series.append(Series(name=name, role=role, steps=steps, values=vals, sources=srcs))
+    series = _drop_copies(series)
     # only a running average logged: use it, and say so
     if not any(s.role == "train_loss" for s in series):
         for s in series:
