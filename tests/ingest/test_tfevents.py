@@ -1,7 +1,6 @@
 """lorascope.ingest.tfevents: TensorBoard event files -> RawSeries."""
 from __future__ import annotations
 
-import math
 import struct
 import types
 from pathlib import Path
@@ -397,3 +396,17 @@ def test_wild_runs_match_event_accumulator():
             ref = acc.Scalars(tag)
             assert s.steps.tolist() == [e.step for e in ref], (f, tag)
             assert np.array_equal(s.values, [e.value for e in ref], equal_nan=True), (f, tag)
+
+
+def test_plain_reads_when_mmap_is_unavailable(torch_file, tmp_path, monkeypatch):
+    def no_mmap(*a, **k):
+        raise OSError("no mmap here")
+
+    want = points(parse(torch_file, "f"))
+    monkeypatch.setattr(tfevents, "_MmapWindows", no_mmap)
+    assert points(parse(torch_file, "f", chunk_size=100)) == want
+    data = torch_file.read_bytes()
+    f = tmp_path / "cut"
+    f.write_bytes(data[:-3])
+    p = parse(f, "f", chunk_size=100)
+    assert p.source.problems == ["truncated final record"] and p.source.records == 600
