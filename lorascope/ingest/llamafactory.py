@@ -27,19 +27,25 @@ MAX_RESULT_KEYS = 200
 _TIME_RE = re.compile(r"^\s*(?:(\d+) days?, )?(\d+):(\d{1,2}):(\d{1,2})(?:\.\d+)?\s*$")
 
 
+MAX_INT = 2 ** 62   # larger counts are garbage; they would overflow int64 arrays
+
+
 def _num(v: Any) -> float | None:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None
-    return float(v)
+    try:
+        return float(v)
+    except OverflowError:   # an integer with hundreds of digits
+        return None
 
 
 def _int(v: Any) -> int | None:
     if isinstance(v, bool):
         return None
     if isinstance(v, int):
-        return v
+        return v if abs(v) <= MAX_INT else None
     if isinstance(v, float) and math.isfinite(v) and v == int(v):
-        return int(v)
+        return int(v) if abs(v) <= MAX_INT else None
     return None
 
 
