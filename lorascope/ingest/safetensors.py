@@ -23,6 +23,10 @@ numpy has no bfloat16: BF16 is read as uint16 and shifted into float32; F16 is w
 the same way (magnitude bits shifted and rescaled by 2**112, exact for normal and
 subnormal halves), which is about twice as fast as numpy's own float16 cast.
 
+Layers are scanned by up to :data:`SCAN_THREADS` threads (one per CPU), each with
+its own two chunk buffers, with BLAS held to one thread per call: memory stays a few
+MiB per thread whatever the file size, and mapped pages are released after each tensor.
+
 Budget: the tensors of LoRA layers are always scanned; other tensors (a full model's
 weights, PEFT ``modules_to_save``) only while their total stays under
 ``stats_budget`` bytes (:data:`STATS_BUDGET`, 2 GiB), so a 15 GB full fine-tune is
@@ -37,7 +41,9 @@ import mmap
 import os
 import re
 import struct
+import threading
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +61,10 @@ CHUNK = 1 << 18                       # elements per scanning chunk (1 MiB of fl
 STATS_BUDGET = 2 * 1024 ** 3          # bytes of non-LoRA tensors scanned per file
 MAX_GRAM_RANK = 4096
 MAX_ADAPTER_CONFIG = 10 * 1024 * 1024
+SCAN_THREADS = 4                      # LoRA layers scanned in parallel (numpy/BLAS drop the GIL)
+DROP_EVERY = 64 * 1024 * 1024         # tensors larger than this release pages chunk by chunk
+FAULT_AROUND = 256 * 1024              # bytes around a touched page the kernel may map
+PARALLEL_MIN_BYTES = 16 * 1024 * 1024 # below this a single thread is faster
 
 # safetensors dtype -> bits per element
 DTYPE_BITS = {
@@ -294,7 +304,12 @@ class _Scanner:
                  signed: bool) -> tuple[np.ndarray, np.ndarray | None]:
         mag = self.mag[:k].reshape(shape)
         val = self.val[:k].reshape(shape) if signed else None
-        if dtype in ("BF16", "F16"):
+        if dtype == "BF16" and signed:
+            vu = val.view(np.uint32)
+            np.copyto(vu, block, casting="unsafe")
+            np.left_shift(vu, 16, out=vu)
+            np.abs(val, out=mag)
+        elif dtype in ("BF16", "F16"):
             mu = mag.view(np.uint32)
             np.bitwise_and(block, 0x7FFF, out=mu, casting="unsafe")
             np.left_shift(mu, 16 if dtype == "BF16" else 13, out=mu)
@@ -340,9 +355,31 @@ class _Scanner:
             acc.gram = g if acc.gram is None else acc.gram + g
             acc.sq_sum += float(np.trace(g))
 
+    def release(self, t: TensorInfo) -> None:
+        """Drop the mapping of a scanned tensor's pages (they stay in the page cache), so
+        the process's resident memory does not grow with the file."""
+        self.drop(t.begin, t.nbytes)
+
+    def drop(self, begin: int, nbytes: int) -> None:
+        if self.mm is None or nbytes <= 0 or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        page = mmap.PAGESIZE
+        start = begin // page * page
+        nbytes = min(begin + nbytes, len(self.mm)) - begin
+        try:
+            self.mm.madvise(mmap.MADV_DONTNEED, start, begin + nbytes - start)
+        except (OSError, ValueError, AttributeError):
+            pass
+
     def scan(self, t: TensorInfo, gram: str | None = None, rank: int = 0) -> _Acc:
         """Statistics of one tensor.  gram="rows": tensor is [out, rank] (up / B),
         accumulate B^T B; gram="cols": tensor is [rank, n] (down / A), accumulate A A^T."""
+        try:
+            return self._scan(t, gram, rank)
+        finally:
+            self.release(t)
+
+    def _scan(self, t: TensorInfo, gram: str | None, rank: int) -> _Acc:
         acc = _Acc()
         a = self.array(t)
         n = t.numel
@@ -350,10 +387,13 @@ class _Scanner:
             if gram == "rows":
                 a2 = a.reshape(n // rank, rank)
                 step = max(1, CHUNK // rank)
+                big = t.nbytes > DROP_EVERY
                 for i in range(0, a2.shape[0], step):
                     b = a2[i:i + step]
                     mag, val = self._convert(t.dtype, b, b.size, b.shape, True)
                     self._update(acc, t.dtype, mag, val, 0)
+                    if big:
+                        self.drop(t.begin + i * rank * b.itemsize, b.nbytes)
             else:
                 a2 = a.reshape(rank, n // rank)
                 step = max(1, CHUNK // rank)
@@ -362,10 +402,13 @@ class _Scanner:
                     mag, val = self._convert(t.dtype, b, b.size, b.shape, True)
                     self._update(acc, t.dtype, mag, val, 1)
             return acc
+        big = t.nbytes > DROP_EVERY
         for i in range(0, n, CHUNK):
             b = a[i:i + CHUNK]
             mag, _ = self._convert(t.dtype, b, b.size, b.shape, False)
             self._update(acc, t.dtype, mag, None, None)
+            if big:
+                self.drop(t.begin + i * b.itemsize, b.nbytes)
         return acc
 
 
@@ -615,11 +658,31 @@ def read(path: Path, rel: str, adapter_config: dict | None = None, *,
             f = open(path, "rb")
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         sc = _Scanner(mm)
+        full = [p for p in pairs.values() if p.down and p.up]
+        local = threading.local()
+
+        def job(p: _Pair) -> tuple[Module, dict[str, TensorStat], list[str]]:
+            s = getattr(local, "sc", None)
+            if s is None:
+                s = local.sc = _Scanner(mm)
+            st: dict[str, TensorStat] = {}
+            pr = _Problems()
+            return _module(s, p, alphas, st, pr), st, pr.items
+
+        nbytes = sum(p.down.nbytes + p.up.nbytes for p in full)
+        threads = min(SCAN_THREADS, os.cpu_count() or 1, len(full))
         with _blas_single_thread():
-            for p in pairs.values():
-                if not (p.down and p.up):
-                    continue
-                modules.append(_module(sc, p, alphas, stats, problems))
+            if threads > 1 and nbytes >= PARALLEL_MIN_BYTES:
+                with ThreadPoolExecutor(threads) as ex:
+                    results = list(ex.map(job, full))
+            else:
+                results = [job(p) for p in full]
+            for m, st, pr in results:
+                modules.append(m)
+                stats.update(st)
+                for x in pr:
+                    problems.add(x)
+            del results
             budget = stats_budget
             skipped = 0
             for t in h.tensors:
@@ -639,7 +702,10 @@ def read(path: Path, rel: str, adapter_config: dict | None = None, *,
         problems.add(f"cannot read tensor data ({e})")
     finally:
         if mm is not None:
-            mm.close()
+            try:
+                mm.close()
+            except BufferError:        # a view is still alive; the GC closes the map
+                pass
         if f is not None:
             f.close()
 
@@ -721,6 +787,11 @@ def _module(sc: _Scanner, p: _Pair, alphas: _AlphaSource, stats: dict[str, Tenso
     stats[up.name] = b_acc.stat(up)
     if p.alpha_t is not None:
         stats[p.alpha_t.name] = sc.scan(p.alpha_t).stat(p.alpha_t)
+    # reading the alpha scalar faults in its neighbours too (kernel fault-around, and in
+    # key order alpha sits just after the previous layer's up weight): release them all
+    span = [x for x in (p.alpha_t, down, up) if x is not None]
+    lo = max(0, min(x.begin for x in span) - FAULT_AROUND)
+    sc.drop(lo, max(x.begin + x.nbytes for x in span) + FAULT_AROUND - lo)
     if chain and a_acc.gram is not None and b_acc.gram is not None:
         sq = float(np.sum(a_acc.gram * b_acc.gram))
         norm = math.sqrt(max(sq, 0.0))

@@ -362,3 +362,17 @@ def test_leaf_names():
     assert leaf_name("lora_unet_mid_block_attentions_0_transformer_blocks_0_attn2_to_out_0", "kohya") == "to_out_0"
     assert leaf_name("base_model.model.model.layers.0.mlp.gate_proj", "peft") == "gate_proj"
     assert leaf_name("unet.a.attn1.to_out.0", "diffusers") == "to_out.0"
+
+
+def test_parallel_scan_gives_the_serial_results(tmp_path, monkeypatch):
+    import lorascope.ingest.safetensors as st
+    f = tmp_path / "p.safetensors"
+    write_kohya(f, dtype=np.float32, nan=True)
+    monkeypatch.setattr(st, "PARALLEL_MIN_BYTES", 1 << 40)
+    serial = read_checkpoint(f, f.name)
+    monkeypatch.setattr(st, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(st, "SCAN_THREADS", 3)
+    monkeypatch.setattr(st.os, "cpu_count", lambda: 3)
+    parallel = read_checkpoint(f, f.name)
+    assert parallel.modules == serial.modules
+    assert parallel.tensors == serial.tensors and parallel.problems == serial.problems
