@@ -98,8 +98,7 @@ def loss_nonfinite(run: Run, p: Params) -> list[Finding]:
     common, li, _ = np.intersect1d(st, bad_steps, return_indices=True)
     zero_loss = common[v[li] == 0.0] if len(common) else np.zeros(0, dtype=np.int64)
     runs = _runs_of(gbad)
-    persistent = [r for r in runs if (r[1] - r[0]) >= int(p["min_consecutive"])
-                  or (r[1] == len(gv) and r[1] - r[0] >= 2)]
+    persistent = [r for r in runs if (r[1] - r[0]) >= int(p["min_consecutive"])]
     # share of the grad-norm log after the first bad point that is bad
     first = int(np.argmax(gbad))
     tail_share = float(gbad[first:].mean())
@@ -388,27 +387,33 @@ def loss_plateau(run: Run, p: Params) -> list[Finding]:
         return []
     y, n_ds = cur.ds_y, len(cur.ds_y)
     w = max(3, n_ds // 10)
+    wi = max(5, n_ds // 30)          # the initial level: the first 3% (an early drop counts)
     ws = max(3, n_ds // 5)
     d0 = min(int(np.searchsorted(cur.ds_starts, sg.warmup_index(cur, run, p["warmup_frac"]))),
              max(0, n_ds - 2 * w))
-    init = float(np.median(y[d0:d0 + w]))
+    init = float(np.median(y[d0:d0 + wi]))
     sm = sg.rolling_median(y, ws)
     best_i = d0 + w // 2 + int(np.argmin(sm[d0 + w // 2:]))
     best = float(sm[best_i])
     end = float(np.median(y[-w:]))
     drop = init - best
-    se = 1.25 * cur.ds_sigma * math.sqrt(1.0 / w + 1.0 / ws)
+    se = 1.25 * cur.ds_sigma * math.sqrt(1.0 / wi + 1.0 / ws)
     # a decrease below min_decrease never counts; one within the noise counts only when it
     # is also below significant_decrease
     need = max(math.log1p(p["min_decrease"]),
                min(p["min_z"] * se, math.log1p(p["significant_decrease"])))
     if drop >= need or end - init > math.log1p(p["significant_decrease"]):
         return []      # it decreased, or it rose (loss.divergence / loss.epoch_jump)
-    sev = p.get("sd_severity", "info") if run.task == "sd" else None
+    sev = None
+    if drop >= math.log1p(p["min_decrease"]):
+        # it did decrease a little, but not clearly beyond its noise: less sure
+        sev = p.get("noisy_severity", "warning")
+    if run.task == "sd":
+        sev = p.get("sd_severity", "info")
     if sev == "off":
         return []
     first, last = int(cur.steps[0]), int(cur.steps[-1])
-    ev = [f"{s.name} median {fmt(cur.level(init))} over the first {max(1, cur.n * w // n_ds)} points, "
+    ev = [f"{s.name} median {fmt(cur.level(init))} over the first {max(1, cur.n * wi // n_ds)} points, "
           f"best smoothed level {fmt(cur.level(best))} at step {int(cur.ds_steps[best_i])}, "
           f"{fmt(cur.level(end))} at the end",
           f"decrease {fmt(100 * (1 - math.exp(-drop)))}%, needed {fmt(100 * (1 - math.exp(-need)))}% "
