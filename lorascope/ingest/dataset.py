@@ -69,7 +69,10 @@ def _display(path: Path, run_dir: Path) -> str:
     try:
         rel = Path(os.path.abspath(path)).relative_to(os.path.abspath(run_dir))
     except ValueError:
-        return str(path)
+        try:     # the same place reached through a symlink
+            rel = Path(path).resolve().relative_to(Path(run_dir).resolve())
+        except (ValueError, OSError):
+            return str(path)
     s = rel.as_posix()
     return "" if s == "." else s
 
