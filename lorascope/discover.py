@@ -82,6 +82,7 @@ def walk(run_dir: Path, max_files: int = MAX_FILES) -> tuple[list[Found], list[s
     found: list[Found] = []
     problems: list[str] = []
     seen: set[tuple[int, int]] = set()
+    root_real = os.path.realpath(run_dir)
     stack = [(run_dir, "")]
     while stack:
         d, rel_d = stack.pop()
@@ -110,6 +111,11 @@ def walk(run_dir: Path, max_files: int = MAX_FILES) -> tuple[list[Found], list[s
                 problems.append(f"{rel}: unreadable entry")
                 continue
             if is_dir:
+                if e.is_symlink() and _encloses(os.path.realpath(e.path), root_real):
+                    # a link to / or to a parent holds the run itself: walking it would
+                    # read the whole disk before the loop check could stop it
+                    problems.append(f"{rel}: link to an enclosing directory, not followed")
+                    continue
                 if e.name not in SKIP_DIRS:
                     subdirs.append((Path(e.path), rel))
             elif is_file:
@@ -121,3 +127,8 @@ def walk(run_dir: Path, max_files: int = MAX_FILES) -> tuple[list[Found], list[s
                 problems.append(f"{rel}: broken link")
         stack.extend(reversed(subdirs))
     return found, problems
+
+
+def _encloses(target: str, root: str) -> bool:
+    """target is root or one of its parent directories."""
+    return root == target or root.startswith(target.rstrip(os.sep) + os.sep)
