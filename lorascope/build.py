@@ -85,16 +85,21 @@ def _parser_for(kind: str) -> Callable[[Path, str], Parsed] | None:
 def parse_all(run_dir: Path) -> tuple[list[Parsed], list[str], list[discover.Found]]:
     files, walk_problems = discover.walk(run_dir)
     parsed: list[Parsed] = []
+    root_real = os.path.realpath(run_dir)
     for f in files:
         fn = _parser_for(f.kind)
         if fn is None:
             continue
+        real = os.path.realpath(f.path)
+        outside = os.path.commonpath([root_real, real]) != root_real
         try:
             p = fn(f.path, f.rel)
         except Exception as e:  # a parser bug must not lose the whole run
             p = Parsed(Source(f.rel, f.kind, 0, [f"parser failed: {type(e).__name__}: {str(e)[:120]}"]))
             if os.environ.get("LORASCOPE_STRICT"):
                 raise
+        if outside:
+            p.source.problems.append(f"read through a link to outside the run directory: {real}")
         parsed.append(p)
     return parsed, walk_problems, files
 
