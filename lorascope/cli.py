@@ -15,13 +15,19 @@ EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 FAIL_LEVELS = {"critical": ("critical",), "warning": ("critical", "warning"), "never": ()}
 
 
+def _safe(text: str) -> str:
+    """Text that any UTF-8 stream can take: a file name that is not UTF-8 (or a
+    lone surrogate escaped in a JSON file) is shown with '?' instead of crashing."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def _die(msg: str) -> None:
-    click.echo(f"lorascope: {msg}", err=True)
+    click.echo(_safe(f"lorascope: {msg}"), err=True)
     sys.exit(EXIT_USAGE)
 
 
 def _dump(doc: dict) -> str:
-    return json.dumps(doc, indent=2, allow_nan=False, ensure_ascii=False)
+    return _safe(json.dumps(doc, indent=2, allow_nan=False, ensure_ascii=False))
 
 
 def _html_target(run_name: str, html: str | None, several: bool) -> Path:
@@ -114,7 +120,7 @@ def analyze(run_dirs, fmt, html, no_html, fail_on, rules_file, jobs):
     htmls = []
     for run_dir, doc, written, err in results:
         if err:
-            click.echo(f"lorascope: {err}", err=True)
+            click.echo(_safe(f"lorascope: {err}"), err=True)
             exit_code = EXIT_USAGE
             continue
         docs.append(doc)
@@ -139,7 +145,7 @@ def analyze(run_dirs, fmt, html, no_html, fail_on, rules_file, jobs):
         for i, (doc, h) in enumerate(zip(docs, htmls)):
             if i:
                 click.echo("")
-            click.echo(render_text(doc, color=color, html_path=h))
+            click.echo(_safe(render_text(doc, color=color, html_path=h)))
     if exit_code == EXIT_OK:
         levels = FAIL_LEVELS[fail_on]
         if any(f["severity"] in levels for d in docs for f in d["findings"]):
@@ -161,10 +167,10 @@ def inspect(files, fmt):
     if fmt == "json":
         click.echo(_dump(doc))
     else:
-        click.echo(render_inspect_text(doc))
+        click.echo(_safe(render_inspect_text(doc)))
     if not readable and all(f["problems"] for f in doc["files"]):
         for f in doc["files"]:
-            click.echo(f"lorascope: {f['path']}: {'; '.join(f['problems'][:2])}", err=True)
+            click.echo(_safe(f"lorascope: {f['path']}: {'; '.join(f['problems'][:2])}"), err=True)
         sys.exit(EXIT_USAGE)
     if any(f["zero_modules"] or f["nonfinite_modules"] for f in doc["files"]):
         sys.exit(EXIT_FINDINGS)

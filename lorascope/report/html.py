@@ -149,7 +149,7 @@ def render_html(a, doc: dict) -> str:
 def write_html(a, doc: dict, target: Path) -> Path:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(render_html(a, doc), encoding="utf-8")
+    target.write_text(render_html(a, doc), encoding="utf-8", errors="replace")  # lone surrogates: non-UTF-8 names
     return target
 
 
@@ -167,5 +167,5 @@ def write_index(docs: list[dict], htmls: list[str | None], target: Path) -> Path
     html = _env().get_template("index.html.j2").render(
         rows=rows, version=__version__,
         generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
-    target.write_text(html, encoding="utf-8")
+    target.write_text(html, encoding="utf-8", errors="replace")
     return target
