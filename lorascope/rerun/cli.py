@@ -1,0 +1,159 @@
+"""`lorascope rerun RUN_DIR --fix`: plan, replay (baseline, fixed), verify, report.
+
+Exit status: 0 fixed, 1 not_fixed / inconclusive, 2 errors (one line on stderr).
+Output (never inside RUN_DIR): <out>/<run>-baseline/, <out>/<run>-fixed/ and
+<out>/<run>-rerun.html, with <out> = --out or ./lorascope-rerun.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import click
+
+from lorascope.rerun.plan import Plan, RerunError, make_plan
+
+EXIT = {"fixed": 0, "not_fixed": 1, "inconclusive": 1}
+MARKER = ".lorascope-rerun"
+
+
+def _die(msg: str) -> None:
+    click.echo(f"lorascope: {msg}", err=True)
+    sys.exit(2)
+
+
+def _inside(target: Path, run_dir: Path) -> bool:
+    try:
+        target.resolve().relative_to(run_dir.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _fresh_dir(p: Path) -> Path:
+    """An empty output folder; only a previous rerun's output (marker file) is replaced."""
+    if p.exists():
+        if not p.is_dir():
+            raise RerunError(f"{p} exists and is not a folder")
+        if any(p.iterdir()):
+            if not (p / MARKER).is_file():
+                raise RerunError(f"{p} exists and was not written by lorascope rerun; "
+                                 f"choose another --out")
+            shutil.rmtree(p)
+    p.mkdir(parents=True, exist_ok=True)
+    (p / MARKER).write_text("written by lorascope rerun\n", encoding="utf-8")
+    return p
+
+
+def execute(run_dir: str, *, from_step=None, steps=None, device="auto", out=None, cmd=None,
+            rule_id=None, baseline=False) -> tuple[dict, Plan, dict]:
+    """Everything but printing: returns (document, plan, extra for the HTML report)."""
+    from lorascope.analyze import analyze
+    from lorascope.build import Unreadable
+    from lorascope.rerun import verify
+
+    try:
+        a = analyze(run_dir)
+    except Unreadable as e:
+        raise RerunError(str(e)) from None
+    plan = make_plan(a, rule_id=rule_id, from_step=from_step, steps=steps)
+    for n in plan.notes:
+        click.echo(f"lorascope: {n}", err=True)
+    out_root = Path(out) if out else Path("lorascope-rerun")
+    if _inside(out_root, Path(run_dir)):
+        raise RerunError(f"refusing to write inside the run directory: {out_root}")
+    click.echo(f"lorascope: diagnosis {plan.rule} at step {plan.onset}; replaying steps "
+               f"{plan.start + 1}-{plan.end} from "
+               f"{'scratch' if plan.checkpoint is None else plan.checkpoint.path} "
+               f"with {plan.fix}", err=True)
+
+    if cmd:
+        from lorascope.rerun import backend_cmd
+        dev = device if device != "auto" else "cpu"
+
+        def run_one(fix, label):
+            return backend_cmd.replay(a.run, plan, fix, _fresh_dir(out_root / f"{a.run.name}-{label}"),
+                                      cmd, label=label)
+    else:
+        from lorascope.rerun import backend_hf
+        from lorascope.rerun.plan import base_model_path
+        dev = backend_hf.pick_device(device)
+        base_model_path(a.run, plan)            # fail early: exit 2 before any training
+        backend_hf.dataset_paths(a.run)
+
+        def run_one(fix, label):
+            return backend_hf.replay(a.run, plan, fix, _fresh_dir(out_root / f"{a.run.name}-{label}"),
+                                     dev, label=label)
+
+    base_res = base_rules = None
+    base_an = None
+    failed = False
+    if baseline:
+        base_res = run_one({}, "baseline")
+        if base_res.ok:
+            fs, base_an = verify.findings_in_window(base_res.out_dir, plan.start, plan.end)
+            base_rules = verify.unique_rules(fs)
+        else:
+            failed = True
+            click.echo(f"lorascope: baseline replay failed: {base_res.error}", err=True)
+    fixed_res = run_one(plan.fix, "fixed")
+    fixed_rules = fixed_an = None
+    if fixed_res.ok:
+        fs, fixed_an = verify.findings_in_window(fixed_res.out_dir, plan.start, plan.end)
+        fixed_rules = verify.unique_rules(fs)
+    else:
+        failed = True
+        click.echo(f"lorascope: fixed replay failed: {fixed_res.error}", err=True)
+    v = verify.decide(plan.rule, base_rules, fixed_rules, failed)
+    doc = verify.rerun_document(plan, dev, base_res, base_rules, fixed_res, fixed_rules, v,
+                                run_path=str(run_dir))
+    extra = {"original": a, "baseline": base_an, "fixed": fixed_an, "out_root": out_root}
+    return doc, plan, extra
+
+
+def render_text(doc: dict, html: str | None = None) -> str:
+    lines = [f"{doc['run']}: rerun of {doc['diagnosis']['rule']} (step {doc['diagnosis']['step']})"]
+    rf = doc["resumed_from"]
+    lines.append(f"  resumed from: {rf['checkpoint'] or 'scratch (base model, new adapter)'} "
+                 f"at step {rf['step']}")
+    lines.append("  applied fix:  " + ", ".join(f"{k}={v}" for k, v in doc["applied_fix"].items()))
+    lines.append(f"  device:       {doc['device']}")
+    if doc["baseline"] is not None:
+        b = doc["baseline"]
+        lines.append(f"  baseline:     {'reproduced' if b['reproduced'] else 'did NOT reproduce'} "
+                     f"({', '.join(b['findings']) or 'no findings'})")
+    fx = doc["fixed"]
+    lines.append(f"  fixed replay: steps {fx['steps'][0]}-{fx['steps'][1]} in {fx['out']} "
+                 f"({', '.join(fx['findings']) or 'no findings'})")
+    lines.append(f"verdict: {doc['verdict'].upper().replace('_', ' ')}")
+    if html:
+        lines.append(f"report: {html}")
+    return "\n".join(lines)
+
+
+def rerun_command(run_dir, from_step=None, steps=None, device="auto", out=None, fmt="text",
+                  cmd=None, rule_id=None, baseline=False) -> None:
+    import os
+    try:
+        doc, plan, extra = execute(run_dir, from_step=from_step, steps=steps, device=device,
+                                   out=out, cmd=cmd, rule_id=rule_id, baseline=baseline)
+    except RerunError as e:
+        _die(str(e))
+        return
+    html = None
+    try:
+        from lorascope.report.rerun_html import write_rerun_html
+        target = extra["out_root"] / f"{plan.run_name}-rerun.html"
+        write_rerun_html(doc, extra["original"], extra["baseline"], extra["fixed"], target)
+        html = str(target)
+    except Exception as e:  # the verdict stands without its chart
+        if os.environ.get("LORASCOPE_DEBUG"):
+            raise
+        click.echo(f"lorascope: HTML report not written: {type(e).__name__}: {e}", err=True)
+    if fmt == "json":
+        click.echo(json.dumps(doc, indent=2, allow_nan=False, ensure_ascii=False))
+    else:
+        click.echo(render_text(doc, html))
+    sys.exit(EXIT[doc["verdict"]])
