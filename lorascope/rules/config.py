@@ -197,7 +197,9 @@ def config_small_batch(run: Run, p: Params) -> list[Finding]:
     ## What it detects
     ``batch_size x grad_accum x num_devices <= max_effective_batch`` with ``grad_accum``
     unset or 1. For image (SD) runs, where batch 1 is the usual kohya default, the finding
-    is reported at ``sd_severity`` (info).
+    is reported at ``sd_severity`` (info). When the batch size is known only from
+    `trainer_state.json` (which does not record accumulation) and no training config names
+    ``grad_accum``, nothing is reported.
 
     ## Why it matters
     One or two samples per optimizer step give a very noisy gradient: the loss oscillates
@@ -216,6 +218,12 @@ def config_small_batch(run: Run, p: Params) -> list[Finding]:
         return []
     eff, bs, ga, nd = eb
     if eff > int(p["max_effective_batch"]) or ga > 1:
+        return []
+    # trainer_state.json records the per-step batch but not the accumulation: without a
+    # training config the numbers cannot tell whether accumulation was on
+    origin = run.config.origins.get("batch_size")
+    if run.config.get("grad_accum") is None and origin is not None \
+            and origin.file.rsplit("/", 1)[-1] == "trainer_state.json":
         return []
     task = _task(run)
     target = int(p[f"{task}_target_effective_batch"])
@@ -283,8 +291,8 @@ def config_epochs_high(run: Run, p: Params) -> list[Finding]:
     SD runs: ``epochs x num_repeats`` (kohya's per-image views) above ``sd_max_views``.
     LLM runs: ``epochs`` above ``llm_max_epochs`` (5), or above ``llm_max_epochs_small``
     (10) when the dataset has fewer than ``llm_small_items`` samples or its size is
-    unknown. When only ``max_steps`` is set, the epochs it implies (``max_steps x effective
-    batch / dataset size``) are used.
+    unknown; with the size unknown the finding is only `info`. When only ``max_steps``
+    is set, the epochs it implies (``max_steps x effective batch / dataset size``) are used.
 
     ## Why it matters
     Many passes over the same samples memorise them: the train loss keeps falling while
@@ -329,9 +337,11 @@ def config_epochs_high(run: Run, p: Params) -> list[Finding]:
     limit = float(p["llm_max_epochs_small"] if small else p["llm_max_epochs"])
     if ep <= limit:
         return []
+    # without the dataset size the epoch count alone is a hint, not a finding
     return [p.finding(
         title=f"{ep:g} epochs is high for "
-              + (f"{n} samples" if n else "an LLM LoRA run"),
+              + (f"{n} samples" if n else "an LLM LoRA run (dataset size unknown)"),
+        severity=None if n else "info",
         evidence=[ep_ev, _items_source(run),
                   f"more than {limit:g} epochs for a dataset of this size"],
         fix={"epochs": int(p["llm_target_epochs"])},

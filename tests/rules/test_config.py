@@ -178,3 +178,19 @@ def test_ss_metadata_basename_is_not_checked(tmp_path):
     run = _run(tmp_path, {"base_model": "v1-5-pruned.safetensors"}, task="sd")
     run.config.origins["base_model"].orig_key = "ss_sd_model_name"
     assert not _fire("config.missing_path", run)
+
+
+def test_batch_known_only_from_trainer_state_says_nothing_about_accumulation(tmp_path):
+    # trainer_state.json records train_batch_size but not gradient_accumulation_steps
+    run = _run(tmp_path, {"batch_size": 2}, file="checkpoint-60/trainer_state.json")
+    assert _fire("config.small_batch", run) == []
+    run = _run(tmp_path, {"batch_size": 2}, file="train.yaml")
+    assert [f.severity for f in _fire("config.small_batch", run)] == ["warning"]
+
+
+def test_epochs_high_with_unknown_dataset_size_is_info(tmp_path):
+    run = _run(tmp_path, {"epochs": 20})
+    f = _fire("config.epochs_high", run)[0]
+    assert f.severity == "info" and "dataset size unknown" in f.title
+    run = _run(tmp_path, {"epochs": 20, "num_train_items": 500})
+    assert _fire("config.epochs_high", run)[0].severity == "warning"
