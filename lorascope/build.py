@@ -41,6 +41,8 @@ ROLE_PATTERNS: list[tuple[str, re.Pattern]] = [
 ]
 RUNNING_AVERAGE_TAGS = {"loss/average", "loss/avr", "loss/moving_average"}
 EPOCH_TAGS = {"epoch", "train/epoch"}
+# kohya's per-epoch mean loss: older versions log `loss/epoch`, newer `loss/epoch_average`
+KOHYA_EPOCH_TAGS = {"loss/epoch", "loss/epoch_average"}
 TRAINER_RANK = {"kohya": 0, "lora-scripts": 0, "llamafactory": 1, "diffusers": 2, "hf-trainer": 3}
 SD_TRAINERS = {"kohya", "lora-scripts", "diffusers"}
 
@@ -234,6 +236,12 @@ def _same_curve(a: Series, b: Series) -> bool:
     return bool((close | both_nan).all())
 
 
+def _secondary(name: str) -> bool:
+    """Text-encoder learning rates come after the U-Net's / the model's."""
+    n = name.lower()
+    return "textencoder" in n or "text_encoder" in n or n.endswith("/te") or "/te1" in n or "/te2" in n
+
+
 def _base(name: str) -> str:
     n = name.split(" ")[0].lower()
     return n[6:] if n.startswith("train/") else n
@@ -331,7 +339,7 @@ def build_series(parsed: list[Parsed], facts: dict) -> list[Series]:
                 break
     # preferred first within a role: most points, then tfevents over json copies
     series.sort(key=lambda s: (["train_loss", "eval_loss", "lr", "grad_norm", "other"].index(s.role),
-                               -len(s.steps), "(" in s.name, s.name))
+                               -len(s.steps), "(" in s.name, _secondary(s.name), s.name))
     return series
 
 
@@ -350,7 +358,7 @@ def epoch_boundaries(series: list[Series], last_step: int | None, facts: dict) -
                 return [int(round(k * spe)) + 1 for k in range(1, int(np.floor(max_ep + 1e-6)) + 1)
                         if last_step is None or round(k * spe) + 1 <= last_step]
     # kohya loss/epoch: older versions log it at step = epoch number, newer at the global step
-    le = next((s for s in series if s.name.split(" ")[0].lower() == "loss/epoch"), None)
+    le = next((s for s in series if s.name.split(" ")[0].lower() in KOHYA_EPOCH_TAGS), None)
     if le is not None and len(le.steps) >= 1 and last_step:
         st = le.steps
         if st.max() < last_step / 2 and np.array_equal(st, np.arange(st[0], st[0] + len(st))):

@@ -53,6 +53,27 @@ def reduce_points(steps: np.ndarray, values: np.ndarray, n: int = MAX_POINTS):
     return np.asarray(out_s), np.asarray(out_v, dtype=float)
 
 
+def _noisy(values: np.ndarray) -> bool:
+    """Point-to-point swings large against the level: draw a smoothed line on top."""
+    v = values[np.isfinite(values)]
+    if len(v) < 30:
+        return False
+    d = np.median(np.abs(np.diff(v)))
+    return bool(d > 0.15 * max(np.median(np.abs(v)), 1e-12))
+
+
+def _smooth(steps: np.ndarray, values: np.ndarray):
+    """A centred rolling median over ~5% of the run (at least 5 points)."""
+    fin = np.isfinite(values)
+    st, v = steps[fin], values[fin]
+    w = max(5, len(v) // 20) | 1
+    if len(v) < w:
+        return st, v
+    from numpy.lib.stride_tricks import sliding_window_view
+    med = np.median(sliding_window_view(v, w), axis=1)
+    return st[w // 2: w // 2 + len(med)], med
+
+
 def _svg(fig) -> str:
     plt = _mpl()
     buf = io.StringIO()
@@ -86,8 +107,13 @@ def timeline_svg(run, findings) -> str | None:
         if fin.any():
             positive &= bool((v[fin] > 0).all())
             lo_hi += [np.nanmin(v[fin]), np.nanmax(v[fin])]
-        ax.plot(st, np.where(fin, v, np.nan), color=color, lw=lw,
-                label=safe_label(s.name), marker="o" if s is evals and len(st) < 60 else None, ms=3)
+        noisy = s is train and _noisy(s.values)
+        ax.plot(st, np.where(fin, v, np.nan), color=color, lw=0.6 if noisy else lw,
+                alpha=0.35 if noisy else 1.0, label=safe_label(s.name),
+                marker="o" if s is evals and len(st) < 60 else None, ms=3)
+        if noisy:
+            ss, sv = reduce_points(*_smooth(s.steps, s.values))
+            ax.plot(ss, sv, color=color, lw=1.6, label=safe_label(f"{s.name} (smoothed)"))
         bad = ~np.isfinite(s.values)
         if bad.any():
             bs = s.steps[bad][:200]
