@@ -71,7 +71,9 @@ def run_incomplete(run: Run, p: Params) -> list[Finding]:
     last, planned = run.steps.last, run.steps.planned
     if last is not None and planned:
         missing = planned - last
-        interval = int(run.config.get("logging_steps") or 1)
+        # the trainer's own global step is exact; a last *logged* step may lag by one interval
+        exact = run.facts.get("state_global_step") == last
+        interval = 1 if exact else int(run.config.get("logging_steps") or 1)
         if missing > max(interval, p["min_missing_fraction"] * planned):
             ev.append(f"last logged step {last} of {planned} planned ({last / planned:.0%} done)")
             step = last
