@@ -93,7 +93,7 @@ def execute(run_dir: str, *, from_step=None, steps=None, device="auto", out=None
     if baseline:
         base_res = run_one({}, "baseline")
         if base_res.ok:
-            fs, base_an = verify.findings_in_window(base_res.out_dir, plan.start, plan.end)
+            fs, base_an = verify.findings_in_window(base_res.out_dir, plan.start, plan.end, a.run)
             base_rules = verify.unique_rules(fs)
         else:
             failed = True
@@ -101,7 +101,7 @@ def execute(run_dir: str, *, from_step=None, steps=None, device="auto", out=None
     fixed_res = run_one(plan.fix, "fixed")
     fixed_rules = fixed_an = None
     if fixed_res.ok:
-        fs, fixed_an = verify.findings_in_window(fixed_res.out_dir, plan.start, plan.end)
+        fs, fixed_an = verify.findings_in_window(fixed_res.out_dir, plan.start, plan.end, a.run)
         fixed_rules = verify.unique_rules(fs)
     else:
         failed = True

@@ -16,17 +16,44 @@ from lorascope.rerun.backend_hf import ReplayResult
 from lorascope.rerun.plan import Plan
 
 
-def findings_in_window(out_dir: Path, start: int, end: int) -> tuple[list[Finding], Any]:
-    """Run lorascope's analysis on a replay's output; keep findings whose step lies in
-    (start, end] (findings without a step are about settings, not the replayed curve)."""
-    from lorascope.analyze import analyze
-    from lorascope.build import Unreadable
+def findings_in_window(out_dir: Path, start: int, end: int,
+                       original=None) -> tuple[list[Finding], Any]:
+    """Run lorascope's detectors on a replay's output, its curves prefixed with the
+    original run's points up to the checkpoint step (the detectors judge a curve against
+    what came before: a divergence needs the decrease that preceded it). Keep findings
+    tied to the replayed window: onset in (start, end], or a step range reaching into it
+    (findings without a step are about settings, not the replayed curve)."""
+    import numpy as np
+
+    from lorascope.analyze import Analysis, run_rules
+    from lorascope.build import Unreadable, build_run
+    from lorascope.diagnose import diagnose
+    from lorascope.rules.registry import load_catalog
     try:
-        a = analyze(out_dir)
+        run = build_run(out_dir)
     except Unreadable:
         return [], None
-    keep = [f for f in a.findings if f.step is not None and start < f.step <= end]
-    return keep, a
+    if original is not None and start > 0:
+        for s in run.series:
+            if s.role == "other":
+                continue
+            o = original.primary(s.role)
+            if o is None:
+                continue
+            keep = o.steps <= start
+            if keep.any() and (not len(s.steps) or s.steps[0] > start):
+                s.steps = np.concatenate([o.steps[keep], s.steps]).astype(np.int64)
+                s.values = np.concatenate([o.values[keep], s.values]).astype(float)
+        firsts = [int(s.steps[0]) for s in run.series if len(s.steps) and s.role != "other"]
+        if firsts:
+            run.steps.first = min(firsts)
+        run.epoch_boundaries = list(original.epoch_boundaries)
+    catalog = load_catalog(None)
+    found, errors = run_rules(run, catalog)
+    found = diagnose(run, found, catalog)
+    keep_f = [f for f in found if f.step is not None and f.step <= end and (
+        f.step > start or (f.step_range and f.step_range[1] > start))]
+    return keep_f, Analysis(run, found, catalog, errors)
 
 
 def decide(rule: str, baseline: list[str] | None, fixed: list[str] | None,

@@ -1,7 +1,7 @@
 """End to end: real HF Trainer + PEFT runs (fixtures/tinyllm.py), `lorascope rerun --fix`.
 
 * lr too high (warmup towards 0.2 with AdamW, no clipping): the loss falls, then diverges
-  from step ~10. rerun resumes from checkpoint-5 with the diagnosed fix
+  from step ~10-14. rerun resumes from the last checkpoint before that with the diagnosed fix
   (learning_rate 2e-4, max_grad_norm 1.0): the baseline replay reproduces loss.divergence,
   the fixed one does not -> `fixed`.
 * base model not loaded (weights saved under the wrong prefix: random init): the loss
@@ -120,12 +120,14 @@ def test_external_trainer_command(diverging, tmp_path):
     import yaml
     patched = yaml.safe_load(cfg)
     assert patched["learning_rate"] == doc["applied_fix"]["learning_rate"]
-    assert patched["max_grad_norm"] == 1.0 and patched["max_steps"] == 20
-    assert patched["resume_from_checkpoint"].endswith("checkpoint-5")
+    start = doc["resumed_from"]["step"]
+    assert 0 < start < doc["diagnosis"]["step"]
+    assert patched["max_grad_norm"] == 1.0 and patched["max_steps"] == start + 15
+    assert patched["resume_from_checkpoint"].endswith(f"checkpoint-{start}")
     assert not (Path(patched["resume_from_checkpoint"]) / "optimizer.pt").exists()
     assert (fixed / "trainer.log").read_text()
     state = json.loads((fixed / "trainer_state.json").read_text())
-    assert state["global_step"] == 20 and doc["fixed"]["steps"] == [5, 20]
+    assert state["global_step"] == start + 15 and doc["fixed"]["steps"] == [start, start + 15]
     assert doc["verdict"] == "fixed" and code == 0
     # the original run is untouched
     assert yaml.safe_load((diverging / "train_lora.yaml").read_text())["learning_rate"] == 0.2
