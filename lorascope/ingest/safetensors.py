@@ -157,6 +157,12 @@ class _Problems:
         return self.items + ([f"... and {self.extra} more problems"] if self.extra else [])
 
 
+def _clip(v: Any) -> str:
+    """A header value for a problem string: a 400-digit dimension stays short."""
+    s = str(v)
+    return s if len(s) <= 80 else s[:77] + "..."
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -221,7 +227,7 @@ def _check_tensor(name: str, info: Any, data_start: int, data_len: int,
         problems.add(f"{short}: tensor entry is not an object")
         return None
     dtype, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-    if dtype not in DTYPE_BITS:
+    if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
         problems.add(f"{short}: unknown dtype {str(dtype)[:20]!r}")
         return None
     if (not isinstance(shape, list) or len(shape) > MAX_DIMS
@@ -229,14 +235,14 @@ def _check_tensor(name: str, info: Any, data_start: int, data_len: int,
         problems.add(f"{short}: shape is not a list of integers")
         return None
     if any(d < 0 for d in shape):
-        problems.add(f"{short}: negative dimension in shape {shape}")
+        problems.add(f"{short}: negative dimension in shape {_clip(shape)}")
         return None
     if (not isinstance(offs, list) or len(offs) != 2 or not all(_is_int(o) for o in offs)):
         problems.add(f"{short}: data_offsets is not a pair of integers")
         return None
     begin, end = offs
     if begin < 0 or end < begin or end > data_len:
-        problems.add(f"{short}: data_offsets [{begin}, {end}] lie outside the "
+        problems.add(f"{short}: data_offsets {_clip([begin, end])} lie outside the "
                      f"{data_len} bytes of tensor data (file truncated?)")
         return None
     numel = 1
@@ -246,8 +252,8 @@ def _check_tensor(name: str, info: Any, data_start: int, data_len: int,
             break
     bits = numel * DTYPE_BITS[dtype]
     if bits % 8 or bits // 8 != end - begin:
-        problems.add(f"{short}: {end - begin} bytes stored but shape {shape} of {dtype} "
-                     f"needs {bits / 8:.0f}")
+        problems.add(f"{short}: {end - begin} bytes stored but shape {_clip(shape)} of {dtype} "
+                     f"needs {_clip(bits // 8)}")
         return None
     return TensorInfo(name, dtype, tuple(shape), data_start + begin, end - begin)
 
