@@ -29,6 +29,15 @@ def _where(ds: Dataset) -> str:
     return ds.manifest or ds.root
 
 
+def _shown_root(ds: Dataset, run) -> str:
+    """The dataset folder relative to the run directory when it lies inside it."""
+    from pathlib import Path
+    try:
+        return Path(ds.root).resolve().relative_to(Path(run.path).resolve()).as_posix() or "."
+    except (ValueError, OSError):
+        return ds.root
+
+
 def _label(it: DataItem) -> str:
     return it.file if it.file else f"row {it.index}"
 
@@ -357,7 +366,7 @@ def data_mixed_resolution(run: Run, p: Params) -> list[Finding]:
         if not ev:
             continue
         files, more = _cap([_label(it) for it in offenders], p["max_files"])
-        out.append(p.finding(title=f"Image sizes / aspect ratios vary widely in {ds.root}",
+        out.append(p.finding(title=f"Image sizes / aspect ratios vary widely in {_shown_root(ds, run)}",
                              evidence=ev + more, files=files))
     return out
 
