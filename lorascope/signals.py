@@ -118,9 +118,14 @@ def refine_split(y: np.ndarray, lo: int, hi: int, up: bool | None = None) -> int
     return lo + int(np.argmax(gain)) + 1
 
 
-def hinge_fit(x: np.ndarray, y: np.ndarray, lo: int = 0, hi: int | None = None):
+def hinge_fit(x: np.ndarray, y: np.ndarray, lo: int = 0, hi: int | None = None,
+              left_flat_or_falling: bool = False):
     """Continuous two-piece linear fit ``y = a + b1*(x-k)_- + b2*(x-k)_+`` with the knot k
-    at one of x[lo:hi]. Returns (knot_index, a, b1, b2, sse) or None."""
+    at one of x[lo:hi]. Returns (knot_index, a, b1, b2, sse) or None.
+
+    ``left_flat_or_falling`` constrains the left slope to ``b1 <= 0`` (the fit for the
+    onset of a rise: "flat or still falling, then rising"; where the free fit would make
+    the left piece rise, the left piece is flat instead)."""
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
     n = len(x)
@@ -159,10 +164,72 @@ def hinge_fit(x: np.ndarray, y: np.ndarray, lo: int = 0, hi: int | None = None):
     except np.linalg.LinAlgError:
         return None
     sse = syy - np.einsum("ij,ij->i", coef, b)
+    if left_flat_or_falling:
+        up = coef[:, 1] > 0
+        if up.any():
+            # refit those knots with a flat left piece: y = a + b2*(x-k)_+
+            det = n * (svv + 1e-12) - sv * sv
+            ok = np.abs(det) > 1e-300
+            a2 = np.where(ok, (ty * (svv + 1e-12) - sv * svy) / np.where(ok, det, 1.0), ty / n)
+            c2 = np.where(ok, (n * svy - sv * ty) / np.where(ok, det, 1.0), 0.0)
+            sse2 = syy - (a2 * ty + c2 * svy)
+            coef = coef.copy()
+            coef[up] = np.stack([a2[up], np.zeros(int(up.sum())), c2[up]], axis=1)
+            sse = np.where(up, sse2, sse)
     j = int(np.argmin(sse))
     scale = max(x[-1] - x[0], 1e-12)
     a, b1, b2 = coef[j]
     return int(ks[j]), float(a), float(b1 / scale), float(b2 / scale), float(max(sse[j], 0.0))
+
+
+def step_fit(y: np.ndarray, lo: int = 0, hi: int | None = None, up: bool | None = None):
+    """Best single mean shift in y[lo:hi]: (index of the first point of the second
+    segment, sse of the two-mean fit) or None."""
+    hi = len(y) if hi is None else min(hi, len(y))
+    seg = np.asarray(y[max(0, lo):hi], dtype=float)
+    m = len(seg)
+    if m < 4:
+        return None
+    k = refine_split(seg, 0, m, up)
+    sse = float(np.sum((seg[:k] - seg[:k].mean()) ** 2) + np.sum((seg[k:] - seg[k:].mean()) ** 2))
+    return max(0, lo) + k, sse
+
+
+def rise_onset(x: np.ndarray, y: np.ndarray, lo: int, hi: int, allow_step: bool = True) -> int | None:
+    """Where a rise begins in y[lo:hi]: the knot of a "flat or falling, then rising"
+    two-piece line, or (``allow_step``) the split of a mean shift up when the rise is a step
+    (a flat stretch, a jump, a new level) and the step explains the window better. Index
+    into y, or None."""
+    hf = hinge_fit(x[lo:hi], y[lo:hi], left_flat_or_falling=True)
+    st = step_fit(y, lo, hi, up=True) if allow_step else None
+    if hf is None and st is None:
+        return None
+    if hf is None or hf[3] <= 0:
+        return st[0] if st is not None else None
+    if st is not None and st[1] < hf[4]:
+        return st[0]
+    return lo + hf[0]
+
+
+def climb_onset(x: np.ndarray, y: np.ndarray, sm: np.ndarray, imin: int, rise: float,
+                lo: int, w: int, allow_step: bool = True) -> int:
+    """Onset of a climb that follows a minimum: :func:`rise_onset` in a window around the
+    smoothed minimum ``sm[imin]``. The window ends a little after the smoothed curve has
+    made half of its ``rise`` (the onset is a local feature, and a rise in stages - flat, a
+    step, flat, a climb - is not one line) and starts at ``lo`` but no earlier than half
+    that time before the minimum (a decay that is still slowing down is bent like a
+    parabola only locally). ``allow_step`` as in :func:`rise_onset`. Returns an index into
+    y (``imin`` when nothing fits)."""
+    n = len(y)
+    hi = n
+    half = np.flatnonzero(sm[imin:] >= sm[imin] + 0.5 * rise)
+    if len(half):
+        h = imin + int(half[0])
+        hi = min(n, h + max(h - imin, w))
+        lo = max(lo, min(imin - (h - imin) // 2, imin - 2 * w))
+    lo = max(0, min(lo, imin))
+    on = rise_onset(x, y, lo, hi, allow_step)
+    return imin if on is None else int(on)
 
 
 def linear_edge(x: np.ndarray, y: np.ndarray, at: float) -> tuple[float, float]:

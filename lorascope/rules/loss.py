@@ -149,24 +149,49 @@ class Jump:
     n_before: int
 
 
-def level_jumps(cur: Curve, beta: float) -> list[Jump]:
+def level_jumps(cur: Curve, beta: float, min_points: int = 1) -> list[Jump]:
+    """Level changes at the change points of the curve. Change points separated by
+    segments of fewer than ``min_points`` full-resolution points, within 2% of the run, are
+    one transition (a loss that climbs to its peak in a few short stages): the jump
+    compares the segment before the first with the segment after the last."""
     cps = cur.cps(beta)
     y, n_ds = cur.ds_y, len(cur.ds_y)
     bounds = [0] + cps + [n_ds]
     wmax = max(5, n_ds // 20)
+
+    def seg_len(a: int, b: int) -> int:
+        return (cur.full_index(b) if b < n_ds else cur.n) - cur.full_index(a)
+
+    groups: list[tuple[int, int]] = []                # (index of first cp, index of last cp)
+    max_width = max(min_points, cur.n // 50)           # a sudden change: 2% of the run at most
+    j = 0
+    while j < len(cps):
+        g = j
+        while (g + 1 < len(cps) and seg_len(bounds[g + 1], bounds[g + 2]) < min_points
+               and seg_len(cps[j], cps[g + 1]) <= max_width):
+            g += 1
+        groups.append((j, g))
+        j = g + 1
     out = []
     idx = np.arange(n_ds, dtype=float)
-    for j, b in enumerate(cps):
-        lo, hi = max(bounds[j], b - wmax), min(bounds[j + 2], b + wmax)
-        nb, na = b - lo, hi - b
+    for j, g in groups:
+        b, e = cps[j], cps[g]
+        lo, hi = max(bounds[j], b - wmax), min(bounds[g + 2], e + wmax)
+        nb, na = b - lo, hi - e
         if nb < 1 or na < 1:
             continue
-        before, after = float(np.median(y[lo:b])), float(np.median(y[b:hi]))
-        vb, _ = sg.linear_edge(idx[lo:b], y[lo:b], b - 0.5)
-        va, _ = sg.linear_edge(idx[b:hi], y[b:hi], b - 0.5)
-        se = 1.25 * cur.ds_sigma * math.sqrt(1.0 / nb + 1.0 / na)
-        end = bounds[j + 2]
-        n_after = (cur.full_index(end) if end < n_ds else cur.n) - cur.full_index(b)
+        before, after = float(np.median(y[lo:b])), float(np.median(y[e:hi]))
+        # both sides extrapolated to the middle of the transition: a ramp cut into short
+        # segments is continuous there, a jump is not
+        at = (b + e) / 2 - 0.5
+        vb, _ = sg.linear_edge(idx[lo:b], y[lo:b], at)
+        va, _ = sg.linear_edge(idx[e:hi], y[e:hi], at)
+        # the noise around this jump: losses whose noise changes along the run (a diffusion
+        # loss that calms down once it has settled) must not be judged by a calm stretch
+        local = sg.robust_noise(np.concatenate([y[max(0, b - wmax):b], y[e:e + wmax]]))
+        se = 1.25 * max(cur.ds_sigma, local) * math.sqrt(1.0 / nb + 1.0 / na)
+        end = bounds[g + 2]
+        n_after = (cur.full_index(end) if end < n_ds else cur.n) - cur.full_index(e)
         n_before = cur.full_index(b) - cur.full_index(bounds[j])
         k = cur.refine(b, up=after > before)
         out.append(Jump(b, k, int(cur.steps[k]), before, after, after - before, va - vb,
@@ -183,7 +208,7 @@ def _spike_candidates(cur: Curve, run: Run, p: Params) -> list[Jump]:
     g = sg._grad_accum(run)
     init = abs(float(np.median(cur.raw[: max(3, cur.n // 10)])))
     out = []
-    for jp in level_jumps(cur, p["cp_penalty"]):
+    for jp in level_jumps(cur, p["cp_penalty"], int(p["min_points"])):
         if jp.j_med < thr or jp.z < p["min_z"] or jp.j_lin < 0.5 * jp.j_med:
             continue
         if jp.n_after < p["min_points"] or jp.n_before < p["min_points"]:
@@ -277,7 +302,9 @@ def loss_divergence(run: Run, p: Params) -> list[Finding]:
     After its lowest smoothed level (warmup excluded), the loss climbs and ends at least
     `min_ratio` times higher (for losses near zero or negative: `min_abs_rise` higher),
     well beyond its noise, and the climb is a trend rather than one sudden jump (that is
-    `loss.spike`). The step is the onset of the climb, found by a two-piece linear fit.
+    `loss.spike`). The step is the onset of the climb: in a window around the minimum,
+    the knot of a "flat or falling, then rising" two-piece line, or the first point of the
+    new level when the climb starts with a step (flat, a jump, a new level) that fits better.
 
     ## Why it matters
     A diverging run gets worse with every step; checkpoints after the onset are worse than
@@ -330,10 +357,7 @@ def loss_divergence(run: Run, p: Params) -> list[Finding]:
     near = np.flatnonzero(sm[d0:imin + 1] <= lvl_min + 0.2 * rise)
     lo = min(d0 + int(near[0]) if len(near) else imin, max(d0, imin - 2))
     xs = cur.ds_steps.astype(float)
-    hf = sg.hinge_fit(xs[lo:], y[lo:])
-    onset_ds = imin
-    if hf is not None and hf[3] > 0 and hf[3] > hf[2]:
-        onset_ds = lo + hf[0]
+    onset_ds = sg.climb_onset(xs, y, sm, imin, rise, lo, w)
     onset = int(cur.ds_steps[onset_ds])
     peak_i = int(np.argmax(sm[imin:])) + imin
     was_down = float(np.median(y[:w])) - lvl_min
@@ -378,8 +402,11 @@ def loss_plateau(run: Run, p: Params) -> list[Finding]:
     `train/loss` 2.31 over the first 10% of steps and 2.29 at its best.
 
     ## Fix
-    Check that the adapter has trainable parameters and that labels are not all masked,
-    then raise the learning rate (1e-4 to 2e-4 is usual for LoRA).
+    Check that the base model loaded, that the adapter has trainable parameters and that
+    labels are not all masked, then raise the learning rate (1e-4 to 2e-4 is usual for
+    LoRA). The learning rate (`fix_learning_rate`) is suggested only when the run's own
+    is lower and the trainer's log does not show a base model that failed to load or zero
+    trainable parameters.
     """
     s = run.primary("train_loss")
     cur = sg.prepare(s, run)
@@ -421,8 +448,20 @@ def loss_plateau(run: Run, p: Params) -> list[Finding]:
     if run.task == "sd":
         ev.append("diffusion LoRA losses are dominated by the random timestep and often stay flat in healthy runs")
     title = f"Loss never decreased: {fmt(cur.level(init))} at the start, {fmt(cur.level(best))} at its best"
+    # the fix follows the run's evidence: a learning-rate change cannot help a model whose
+    # pretrained weights never loaded or an adapter with nothing trainable in it
+    fix: dict = {}
+    kinds = {e.kind for e in run.events}
+    blocked = [k for k in ("base_model_not_loaded", "no_trainable_params") if k in kinds]
+    lr = run.config.get("learning_rate")
+    target = p.get("fix_learning_rate", 2e-4)
+    if blocked:
+        ev.append(f"the trainer's log shows {' and '.join(k.replace('_', ' ') for k in blocked)}: "
+                  "no learning-rate change is suggested")
+    elif not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr < target:
+        fix["learning_rate"] = target
     return [p.finding(title, severity=sev, step=first, step_range=[first, last], evidence=ev,
-                      extra={"series": s.name, "change_points": []})]
+                      fix=fix, extra={"series": s.name, "change_points": []})]
 
 
 # -- loss.oscillation -------------------------------------------------------------------
@@ -500,6 +539,12 @@ def loss_oscillation(run: Run, p: Params) -> list[Finding]:
     score, amp, crossings, W, lo, hi = st
     if score < p["min_noise_ratio"] or amp < math.log1p(p["min_swing"]):
         return []
+    # a jump of the level far larger than the swings leaves waves in the residual of a
+    # moving-average trend: that is loss.spike's finding, not an oscillation
+    sp = Params("loss.spike", {"params": {"min_ratio": 2.0, "min_abs_jump": 0.5, "min_z": 6.0,
+                                          "min_points": 3, "min_rel_init": 0.05, "cp_penalty": 4.0}})
+    if any(c.j_med > 4 * amp for c in _spike_candidates(cur, run, sp)):
+        return []
     first, last = int(cur.steps[0]), int(cur.steps[-1])
     start = int(cur.ds_steps[lo])
     pct = 100 * (math.exp(amp) - 1)
@@ -564,9 +609,28 @@ def epoch_analysis(cur: Curve, run: Run, q: dict) -> dict | None:
     ctrl_sig = sum(1 for c in ctrl if c[2]) / max(1, len(ctrl))
     need = max(1, math.ceil(q["min_fraction"] * len(res)))
     fires = len(main) >= need and ctrl_sig <= 0.25
+
+    def pooled(rs):
+        """z of the summed jumps: one shift repeated at k boundaries is sqrt(k) times
+        clearer than any one of them."""
+        return sum(r[0] for r in rs) / max(math.sqrt(sum(r[1] ** 2 for r in rs)), 1e-12)
+
+    z_all = pooled([r[2:4] for r in res])
+    if not fires and len(res) >= 2 and abs(z_all) >= q["min_z"]:
+        # no single boundary is clear but together they are: the same direction at
+        # min_fraction of them, a mean shift of min_ratio, and quiet mid-epoch controls
+        sign = 1.0 if z_all > 0 else -1.0
+        same = [r for r in res if sign * r[2] > 0]
+        mean_j = sum(r[2] for r in res) / len(res)
+        z_ctrl = pooled([c[:2] for c in ctrl]) if ctrl else 0.0
+        if (len(same) >= need and (thr is None or abs(mean_j) >= thr) and ctrl_sig <= 0.25
+                and abs(z_ctrl) < 0.5 * q["min_z"]):
+            fires, main = True, same
+            ups = same if sign > 0 else []
     span = _span(cur)
     tol = max(int(0.01 * span), int(np.median(np.diff(st))) if cur.n > 1 else 1, 1)
     return {"fires": fires, "jumps": main, "all": res, "boundaries": bounds, "ctrl_sig": ctrl_sig,
+            "z_pooled": z_all,
             "tol": tol, "direction": "up" if main is ups else "down"}
 
 
@@ -640,6 +704,8 @@ def loss_epoch_jump(run: Run, p: Params) -> list[Finding]:
                   f"{fmt(math.exp(j) if cur.mode == 'log' else j)}, {fmt(abs(j) / se)} standard errors)")
     ev.insert(0, f"{len(jumps)} of {len(ej['all'])} epoch boundaries show the loss level {word.rstrip('s')}ing "
                  f"(mid-epoch controls: {fmt(100 * ej['ctrl_sig'])}% significant)")
+    if len(ej["all"]) >= 2:
+        ev.insert(1, f"all boundaries together: {fmt(abs(ej['z_pooled']))} standard errors")
     if artifact:
         ev.append(f"{s.name} is a running average that restarts each epoch: the jump is a logging "
                   "artifact, not a change in training")

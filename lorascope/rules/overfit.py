@@ -68,10 +68,8 @@ def overfit(run: Run, p: Params) -> list[Finding]:
     near = np.flatnonzero(sm[:imin + 1] <= lvl_min + 0.2 * rise)
     lo = int(near[0]) if len(near) else imin
     lo = min(lo, max(0, imin - 2))
-    onset_i = imin
-    hf = sg.hinge_fit(x[lo:], y[lo:])
-    if hf is not None and hf[3] > 0 and hf[3] > hf[2]:
-        onset_i = lo + hf[0]
+    # (eval loss drifts up as the adapter memorises: a two-piece line, no step model)
+    onset_i = sg.climb_onset(x, y, sm, imin, rise, lo, max(2, k), allow_step=False)
     onset = int(round(x[onset_i]))
     # train loss over the same stretch
     wt = max(1, tc.n // 40)
