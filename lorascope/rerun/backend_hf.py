@@ -112,11 +112,46 @@ def load_records(path: Path) -> list[dict[str, str]]:
     return recs
 
 
+TRAINER_FILES = {"trainer_state.json", "adapter_config.json", "training_args.json", "config.json",
+                 "all_results.json", "train_results.json", "eval_results.json", "trainer_log.jsonl",
+                 "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                 "generation_config.json", "dataset_info.json", "predict_results.json"}
+
+
+_ANNOUNCED: set[Path] = set()
+
+
+def dataset_in_run(run_dir: Path) -> Path | None:
+    """HF Trainer configs do not name the dataset (the script does): fall back to one
+    alpaca / sharegpt JSON(L) file kept inside the run directory, `train` in its name
+    preferred. Only the run's own top two levels are searched, outside checkpoints."""
+    cands = []
+    for p in sorted(list(run_dir.glob("*.json*")) + list(run_dir.glob("*/*.json*"))):
+        if p.name in TRAINER_FILES or p.suffix not in (".json", ".jsonl") \
+                or p.parent.name.startswith("checkpoint-") or p.stat().st_size > 512 * 2**20:
+            continue
+        try:
+            load_records(p)
+        except RerunError:
+            continue
+        cands.append(p)
+    train = [p for p in cands if "train" in p.name.lower()]
+    pick = train or cands
+    return pick[0] if len(pick) == 1 else None
+
+
 def dataset_paths(run) -> list[Path]:
     files = run.config.get("dataset_files") or []
     if not files:
-        raise RerunError("the run's config does not name its dataset (dataset_files); "
-                         "use --cmd with your trainer")
+        found = dataset_in_run(Path(run.path))
+        if found is None:
+            raise RerunError("the run's config does not name its dataset (dataset_files) and the "
+                             "run holds no single training JSON; use --cmd with your trainer")
+        if found not in _ANNOUNCED:
+            _ANNOUNCED.add(found)
+            print(f"lorascope: the config names no dataset; using {found} from the run directory",
+                  file=sys.stderr)
+        return [found]
     out = []
     for f in files:
         p = resolve_path(f, Path(run.path), config_file_dir(run, "dataset_files"))
