@@ -106,14 +106,25 @@ def execute(run_dir: str, *, from_step=None, steps=None, device="auto", out=None
     else:
         failed = True
         click.echo(f"lorascope: fixed replay failed: {fixed_res.error}", err=True)
-    v = verify.decide(plan.rule, base_rules, fixed_rules, failed)
+    # each replay must start where the original run was (same weights, same batch)
+    orig_loss = a.run.primary("train_loss")
+    repro = []
+    for label, an in (("baseline", base_an), ("fixed", fixed_an)):
+        if an is None:
+            continue
+        r = verify.check_reproduction(orig_loss, an.run.primary("train_loss"), plan.start, label)
+        repro.append(r)
+        click.echo(f"lorascope: {r.reason()}", err=True)
+    reproduced = not any(r.ok is False for r in repro)
+    v = verify.decide(plan.rule, base_rules, fixed_rules, failed, reproduced)
     doc = verify.rerun_document(plan, dev, base_res, base_rules, fixed_res, fixed_rules, v,
                                 run_path=str(run_dir))
-    extra = {"original": a, "baseline": base_an, "fixed": fixed_an, "out_root": out_root}
+    extra = {"original": a, "baseline": base_an, "fixed": fixed_an, "out_root": out_root,
+             "reproduction": repro, "plan": plan}
     return doc, plan, extra
 
 
-def render_text(doc: dict, html: str | None = None) -> str:
+def render_text(doc: dict, html: str | None = None, reproduction=()) -> str:
     lines = [f"{doc['run']}: rerun of {doc['diagnosis']['rule']} (step {doc['diagnosis']['step']})"]
     rf = doc["resumed_from"]
     lines.append(f"  resumed from: {rf['checkpoint'] or 'scratch (base model, new adapter)'} "
@@ -127,6 +138,8 @@ def render_text(doc: dict, html: str | None = None) -> str:
     fx = doc["fixed"]
     lines.append(f"  fixed replay: steps {fx['steps'][0]}-{fx['steps'][1]} in {fx['out']} "
                  f"({', '.join(fx['findings']) or 'no findings'})")
+    for r in reproduction:
+        lines.append(f"  reproduction: {r.reason()}")
     lines.append(f"verdict: {doc['verdict'].upper().replace('_', ' ')}")
     if html:
         lines.append(f"report: {html}")
@@ -146,7 +159,8 @@ def rerun_command(run_dir, from_step=None, steps=None, device="auto", out=None, 
     try:
         from lorascope.report.rerun_html import write_rerun_html
         target = extra["out_root"] / f"{plan.run_name}-rerun.html"
-        write_rerun_html(doc, extra["original"], extra["baseline"], extra["fixed"], target)
+        write_rerun_html(doc, extra["original"], extra["baseline"], extra["fixed"], target,
+                         reproduction=extra.get("reproduction", ()))
         html = str(target)
     except Exception as e:  # the verdict stands without its chart
         if os.environ.get("LORASCOPE_DEBUG"):
@@ -155,5 +169,5 @@ def rerun_command(run_dir, from_step=None, steps=None, device="auto", out=None, 
     if fmt == "json":
         click.echo(json.dumps(doc, indent=2, allow_nan=False, ensure_ascii=False))
     else:
-        click.echo(render_text(doc, html))
+        click.echo(render_text(doc, html, extra.get("reproduction", ())))
     sys.exit(EXIT[doc["verdict"]])

@@ -4,10 +4,26 @@ verdict
   fixed         the baseline reproduced the symptom (or no baseline was asked for) and the
                 diagnosed rule does not fire in the fixed replay's window
   not_fixed     the diagnosed rule still fires with the fix applied
-  inconclusive  the baseline was asked for but did not reproduce, or a training failed
+  inconclusive  the baseline was asked for but did not reproduce, a training failed, or a
+                replay does not reproduce the original run at its first replayed step
+
+The reproduction check
+  A replay resumes from the checkpoint's adapter weights on the original data order, so
+  the loss logged at the first replayed step is computed with the checkpoint's weights on
+  the same batch the original run used there, before the fix (or the fresh optimizer) can
+  change anything: it must equal the original run's loss at that step up to numerical
+  noise. A larger gap means the replay trains something else (another data pipeline:
+  prompt format, cutoff length, labels on the prompt; another base model or tokenizer),
+  and neither replay says anything about the original run. Tolerance: REPRO_RTOL (10 %)
+  of the original loss when the first common logged step is the first replayed one, plus
+  REPRO_RTOL_PER_UPDATE (5 %) for each further update the logged value averages over
+  (a trainer that logs every N steps logs the mean of N steps); the step is compared only
+  when it lies within one logging interval of the checkpoint (else: not checked).
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +72,91 @@ def findings_in_window(out_dir: Path, start: int, end: int,
     return keep_f, Analysis(run, found, catalog, errors)
 
 
+REPRO_RTOL = 0.10
+REPRO_RTOL_PER_UPDATE = 0.05
+REPRO_ATOL = 1e-3
+
+
+@dataclass
+class Reproduction:
+    """Does a replay start where the original run was? `ok` None: could not be checked."""
+    label: str
+    ok: bool | None
+    step: int | None = None
+    original: float | None = None
+    replayed: float | None = None
+    tolerance: float | None = None          # relative
+    note: str = ""
+
+    @property
+    def rel_diff(self) -> float | None:
+        if self.original is None or self.replayed is None:
+            return None
+        if not (math.isfinite(self.original) and math.isfinite(self.replayed)):
+            return 0.0 if self.original == self.replayed or (
+                not math.isfinite(self.original) and not math.isfinite(self.replayed)) else math.inf
+        return abs(self.replayed - self.original) / max(abs(self.original), REPRO_ATOL)
+
+    def reason(self) -> str:
+        if self.ok is False:
+            return (f"the {self.label} replay does not reproduce the original run at step "
+                    f"{self.step}: loss {self.replayed:.4g} vs {self.original:.4g} "
+                    f"({self.rel_diff:.0%} off, tolerance {self.tolerance:.0%}) — the data "
+                    f"pipeline or the base model differ; use --cmd with your own trainer")
+        if self.ok:
+            return (f"the {self.label} replay reproduces the original run at step {self.step}: "
+                    f"loss {self.replayed:.4g} vs {self.original:.4g} ({self.rel_diff:.1%} off, "
+                    f"tolerance {self.tolerance:.0%})")
+        return f"the {self.label} replay's reproduction of the original run was not checked: {self.note}"
+
+
+def _train_points(series) -> tuple[Any, Any]:
+    import numpy as np
+    if series is None or not len(series.steps):
+        return np.zeros(0, np.int64), np.zeros(0)
+    return np.asarray(series.steps, dtype=np.int64), np.asarray(series.values, dtype=float)
+
+
+def check_reproduction(original, replay, start: int, label: str = "replay") -> Reproduction:
+    """Compare the replay's first logged train loss after `start` with the original run's
+    loss at the same step. `original` / `replay`: train-loss Series (or None)."""
+    import numpy as np
+    # From scratch (start 0) this holds too: a fresh LoRA adapter has B = 0, so the first
+    # step's loss is the base model's on the first batch, whatever A's random draw.
+    o_st, o_v = _train_points(original)
+    r_st, r_v = _train_points(replay)
+    r_after = r_st > start
+    if not r_after.any():
+        return Reproduction(label, None, note="the replay logged no train loss")
+    o_after = o_st[o_st > start]
+    if not len(o_after):
+        return Reproduction(label, None, note=f"the original run logged no train loss after step {start}")
+    common = np.intersect1d(o_after, r_st[r_after])
+    if not len(common):
+        return Reproduction(label, None, note="the replay and the original log train loss at "
+                                              "different steps")
+    step = int(common[0])
+    every = int(np.median(np.diff(o_st))) if len(o_st) > 1 else 1
+    every = max(1, every)
+    n = step - start                     # updates between the checkpoint and the logged step
+    if n > every:
+        return Reproduction(label, None, step=step,
+                            note=f"the first common logged step {step} is {n} steps after the "
+                                 f"checkpoint (the original logs every {every})")
+    orig = float(o_v[o_st == step][-1])
+    rep = float(r_v[r_st == step][0])
+    tol = REPRO_RTOL + REPRO_RTOL_PER_UPDATE * (min(n, every) - 1)
+    if not (np.isfinite(orig) and np.isfinite(rep)):
+        ok = not np.isfinite(orig) and not np.isfinite(rep)      # both NaN/inf: reproduced
+    else:
+        ok = abs(rep - orig) <= tol * max(abs(orig), REPRO_ATOL) + REPRO_ATOL
+    return Reproduction(label, bool(ok), step=step, original=orig, replayed=rep, tolerance=tol)
+
+
 def decide(rule: str, baseline: list[str] | None, fixed: list[str] | None,
-           failed: bool) -> str:
-    if failed or fixed is None:
+           failed: bool, reproduced: bool = True) -> str:
+    """`reproduced` False: a replay does not start where the original run was."""
+    if failed or fixed is None or not reproduced:
         return "inconclusive"
     if baseline is not None and rule not in baseline:
         return "inconclusive"

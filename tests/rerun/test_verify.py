@@ -1,0 +1,78 @@
+"""verify: the reproduction check (does a replay start where the original run was?) and
+the verdict it leads to. No torch, no training: curves as a trainer would log them."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lorascope.model import Series
+from lorascope.rerun.verify import (REPRO_RTOL, REPRO_RTOL_PER_UPDATE, check_reproduction,
+                                    decide)
+
+
+def _s(steps, values):
+    return Series("train/loss", "train_loss", np.asarray(steps, np.int64),
+                  np.asarray(values, float))
+
+
+ORIG = _s(range(1, 41), [4.8 - 0.07 * i for i in range(40)])        # logs every step
+
+
+def test_replay_that_continues_the_run_is_reproduced():
+    # resumed at 25: step 26 ran the checkpoint's weights on the same batch
+    rep = _s([26, 27, 28], [ORIG.values[25] * 1.004, 1.5, 1.4])
+    r = check_reproduction(ORIG, rep, 25, "baseline")
+    assert r.ok is True and r.step == 26 and r.tolerance == pytest.approx(REPRO_RTOL)
+    assert "reproduces the original run at step 26" in r.reason()
+
+
+def test_other_data_pipeline_is_not_reproduced_with_a_one_line_reason():
+    # the fixture bug: cutoff 1024 / answers-only labels instead of cutoff 64 / prompt too
+    orig = _s([24, 25, 26, 27], [2.77, 2.69, 2.92, 2.79])
+    rep = _s([26, 27], [4.72, 5.67])
+    r = check_reproduction(orig, rep, 25, "fixed")
+    assert r.ok is False and (r.step, r.original, r.replayed) == (26, 2.92, 4.72)
+    msg = r.reason()
+    assert "\n" not in msg
+    assert msg.startswith("the fixed replay does not reproduce the original run at step 26: "
+                          "loss 4.72 vs 2.92")
+    assert "use --cmd with your own trainer" in msg
+
+
+def test_coarse_logging_compares_the_first_interval_with_a_wider_tolerance():
+    orig = _s(range(10, 101, 10), [5.0, 4.0, 3.5, 3.2, 3.0, 2.9, 2.8, 2.7, 2.6, 2.5])
+    # resumed at 30, the first log at 40 averages 10 updates: tolerance 10 % + 9 x 5 %
+    tol = REPRO_RTOL + 9 * REPRO_RTOL_PER_UPDATE
+    assert check_reproduction(orig, _s([40, 50], [3.2 * (1 + tol * 0.9), 3]), 30).ok is True
+    assert check_reproduction(orig, _s([40, 50], [3.2 * (1 + tol * 1.1), 3]), 30).ok is False
+    # resumed at 25 (mid-interval): 5 updates before the log at 30
+    r = check_reproduction(orig, _s([30], [3.5]), 25)
+    assert r.ok is True and r.tolerance == pytest.approx(REPRO_RTOL + 4 * REPRO_RTOL_PER_UPDATE)
+
+
+def test_not_checked_when_there_is_nothing_to_compare():
+    assert check_reproduction(ORIG, _s([], []), 25).ok is None                 # nothing logged
+    assert check_reproduction(_s([1, 2, 3], [3, 2, 1]), _s([26], [1.0]), 25).ok is None
+    # the replay logs only 30 steps after the checkpoint, the original every step
+    r = check_reproduction(ORIG, _s([55], [1.0]), 25)
+    assert r.ok is None and "not checked" in r.reason()
+
+
+def test_non_finite_first_step_must_be_non_finite_in_the_replay_too():
+    assert check_reproduction(_s([26, 27], [np.nan, 3.0]), _s([26, 27], [np.nan, 3.0]), 25).ok is True
+    r = check_reproduction(_s([26, 27], [np.nan, 3.0]), _s([26, 27], [2.0, 3.0]), 25)
+    assert r.ok is False and "loss 2 vs nan" in r.reason()
+
+
+def test_from_scratch_first_step_is_the_base_models_loss():
+    # a fresh adapter has lora_B = 0: step 1 is the base model on the first batch
+    assert check_reproduction(ORIG, _s([1, 2], [4.8, 4.7]), 0).ok is True
+    assert check_reproduction(ORIG, _s([1, 2], [6.0, 4.7]), 0).ok is False
+
+
+def test_a_replay_that_does_not_reproduce_makes_the_verdict_inconclusive():
+    assert decide("loss.divergence", ["loss.divergence"], [], False) == "fixed"
+    assert decide("loss.divergence", ["loss.divergence"], [], False,
+                  reproduced=False) == "inconclusive"
+    assert decide("loss.divergence", None, ["loss.divergence"], False,
+                  reproduced=False) == "inconclusive"
