@@ -1,0 +1,163 @@
+"""Fuzz targets shared by the atheris harnesses (fuzz/fuzz_<parser>.py), the pytest
+regression tests (tests/hostile/test_regressions.py) and CI's short fuzz run.
+
+Each target takes the fuzzer's bytes, writes them to a scratch file (parsers read
+paths, as they do in a run directory) and calls the parser.  A target fails (raises)
+only when the parser breaks its contract: it raised, or what it returned cannot go
+into the JSON report (problems must be short strings; the source must serialise with
+``allow_nan=False``).  Never imports atheris: importable without it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+_SCRATCH: Path | None = None
+
+
+def scratch() -> Path:
+    """One private scratch directory per process (tmpfs when there is one)."""
+    global _SCRATCH
+    if _SCRATCH is None:
+        base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+        _SCRATCH = Path(tempfile.mkdtemp(prefix="lorascope-fuzz-", dir=base))
+        import atexit
+        atexit.register(shutil.rmtree, _SCRATCH, True)
+    return _SCRATCH
+
+
+def _write(name: str, data: bytes) -> Path:
+    p = scratch() / name
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(data)
+    return p
+
+
+def _check_source(src) -> None:
+    doc = src.to_json()
+    json.dumps(doc, allow_nan=False)
+    for pr in doc["problems"]:
+        assert isinstance(pr, str), f"problem is not a string: {pr!r}"
+        assert len(pr) < 2000, f"problem string of {len(pr)} characters"
+
+
+def _check_parsed(p) -> None:
+    _check_source(p.source)
+    for r in p.series:
+        assert len(r.steps) == len(r.values), f"{r.tag}: steps and values differ in length"
+    for cv in p.config:
+        json.dumps(cv.value, allow_nan=True)   # a value is plain data (NaN filtered later)
+
+
+def _split(data: bytes) -> tuple[int, bytes]:
+    """First byte picks a variant, the rest is the file."""
+    return (data[0] if data else 0), data[1:]
+
+
+# -- targets ------------------------------------------------------------------------
+
+def tfevents(data: bytes) -> None:
+    from lorascope.ingest import tfevents as m
+    p = _write("events.out.tfevents.1700000000.fuzz", data)
+    _check_parsed(m.parse(p, p.name))
+    # the slow, protobuf-only path and the small-window path must agree on not crashing
+    _check_parsed(m.parse(p, p.name, fast_path=False, chunk_size=64))
+
+
+def safetensors(data: bytes) -> None:
+    from lorascope.ingest import safetensors as m
+    p = _write("adapter_model.safetensors", data)
+    _check_parsed(m.parse(p, p.name))
+
+
+CONFIG_NAMES = ("config.yaml", "config.toml", "adapter_config.json", "training_args.json",
+                "dataset_config.toml", "train.yml")
+
+
+def config(data: bytes) -> None:
+    from lorascope.ingest import config as m
+    v, body = _split(data)
+    p = _write(CONFIG_NAMES[v % len(CONFIG_NAMES)], body)
+    _check_parsed(m.parse(p, p.name))
+
+
+def trainer_state(data: bytes) -> None:
+    from lorascope.ingest import trainer_state as m
+    p = _write("trainer_state.json", data)
+    _check_parsed(m.parse(p, p.name))
+
+
+def llamafactory(data: bytes) -> None:
+    from lorascope.ingest import llamafactory as m
+    v, body = _split(data)
+    if v % 2:
+        p = _write("all_results.json", body)
+        _check_parsed(m.parse_results(p, p.name))
+    else:
+        p = _write("trainer_log.jsonl", body)
+        _check_parsed(m.parse(p, p.name))
+
+
+def textlog(data: bytes) -> None:
+    from lorascope.ingest import textlog as m
+    v, body = _split(data)
+    p = _write(("train.log", "running_log.txt", "logs/stdout.txt")[v % 3], body)
+    _check_parsed(m.parse(p, p.name))
+
+
+def model_config(data: bytes) -> None:
+    from lorascope.build import parse_model_config
+    p = _write("config.json", data)
+    _check_parsed(parse_model_config(p, p.name))
+
+
+def dataset(data: bytes) -> None:
+    """metadata.csv of an image folder (v even) or a JSON/JSONL text dataset (v odd)."""
+    from lorascope.ingest import dataset as m
+    v, body = _split(data)
+    root = scratch() / "ds"
+    if v % 2 == 0:
+        shutil.rmtree(root, ignore_errors=True)
+        (root / "img").mkdir(parents=True)
+        (root / "img" / "a.png").write_bytes(_PNG)
+        (root / "img" / "metadata.csv").write_bytes(body)
+        ds, src = m.load_image_dataset(root / "img", root, jobs=1)
+    else:
+        root.mkdir(exist_ok=True)
+        p = root / ("train.jsonl" if v % 4 == 1 else "train.json")
+        p.write_bytes(body)
+        ds, src = m.load_text_dataset(p, root, cutoff_len=64)
+    _check_source(src)
+    for it in ds.items:
+        if it.file is not None:
+            assert not os.path.isabs(it.file) or it.error, f"absolute path read: {it.file}"
+
+
+def image(data: bytes) -> None:
+    """One image decoded the way the dataset check does (Pillow, bomb limits on)."""
+    from lorascope.ingest import dataset as m
+    v, body = _split(data)
+    p = _write("img" + (".png", ".jpg", ".webp", ".gif", ".bmp", ".tiff")[v % 6], body)
+    w, h, err, degen, fmt = m._scan_image(str(p))
+    assert err is None or isinstance(err, str)
+
+
+# the 1x1 PNG the dataset target scans
+_PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010802000000907753de"
+    "0000000c4944415408d763f8cfc000000301010018dd8db00000000049454e44ae426082")
+
+TARGETS = {
+    "tfevents": tfevents,
+    "safetensors": safetensors,
+    "config": config,
+    "trainer_state": trainer_state,
+    "llamafactory": llamafactory,
+    "textlog": textlog,
+    "model_config": model_config,
+    "dataset": dataset,
+    "image": image,
+}
