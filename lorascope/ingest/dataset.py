@@ -358,6 +358,12 @@ def load_image_dataset(root: Path, run_dir: Path, *, jobs: int | None = None,
     ds.problems.extend(walk_problems)
     on_disk = {f.rel for f in found}
     images = [f.rel for f in found if os.path.splitext(f.rel)[1].lower() in IMAGE_EXTS]
+    root_real = os.path.realpath(root)
+    linked = [f.rel for f in found if os.path.commonpath(
+        [root_real, os.path.realpath(f.path)]) != root_real]
+    if linked:
+        ds.problems.append(f"{len(linked)} files are links to outside the dataset directory and "
+                           f"were read there (e.g. {_join(prefix, linked[0])})")
     by_key: dict[str, str] = {}
     for rel in images:
         by_key.setdefault(_case_key(rel), rel)
