@@ -14,7 +14,14 @@ How a replay resumes, without unpickling anything from the user's run
   resumed from the sanitised copy, so ``global_step`` continues from the checkpoint step (the
   curves overlay) and the data order is the original one (same seed, the sampler
   fast-forwarded past the batches already seen).
-* The optimizer is fresh (AdamW moments start at zero). The scheduler is built for the
+* The optimizer is fresh (AdamW moments start at zero: its first update is about
+  lr x sign(gradient) for every weight, where the original run's moments, built since step 0,
+  damped it). Near an instability this matters: on fixtures/runs/hf-lr-diverge (lr ~0.065 at
+  step 26, no clipping) the baseline replay matches the original loss at step 26 exactly but
+  jumps to ~4.7 at step 27 where the original logged 2.79; the fix's small learning rate is
+  hardly affected. So a baseline that blows up sooner, or differently, than the original is
+  expected, and a baseline the detectors do not call the same symptom makes the verdict
+  inconclusive, never fixed. The scheduler is built for the
   original run's total steps and advanced to the checkpoint step at train begin, so the
   learning rate continues where the original schedule was (with the fixed peak rate).
 * Training stops after the window's last step (a callback), saving a checkpoint there.
@@ -22,6 +29,10 @@ How a replay resumes, without unpickling anything from the user's run
 Prompt formatting, tokenisation and cutoff follow ``fixtures/tinyllm.py`` (the trainer our
 LLM fixtures come from): ``### Instruction:/### Input:/### Response:`` prompt, BOS + prompt +
 answer + EOS, cut at ``cutoff_len``, labels on the prompt too when ``train_on_prompt``.
+``cutoff_len``, ``train_on_prompt`` and the dataset come from the user's launch config
+(LLaMA-Factory keys); HF's training_args.json does not record them, and where nothing does,
+the defaults (1024, False, the one training JSON in the run) may train on other tokens
+than the original run did: ``verify.check_reproduction`` then answers ``inconclusive``.
 """
 from __future__ import annotations
 
@@ -164,10 +175,12 @@ def dataset_paths(run) -> list[Path]:
 # -- settings -----------------------------------------------------------------------------
 
 def raw_config(run) -> dict:
-    """The trainer's own YAML/JSON config document that set the learning rate (for keys the
-    normalized config does not carry, e.g. train_on_prompt, data_seed)."""
-    o = run.config.origins.get("learning_rate") or run.config.origins.get("base_model")
-    if o is None:
+    """The user's launch config: the YAML/JSON document that named the dataset or the
+    cutoff length, else the one that set the learning rate (for keys the normalized config
+    does not carry, e.g. train_on_prompt, data_seed)."""
+    o = next((run.config.origins[k] for k in ("dataset_files", "cutoff_len", "learning_rate",
+                                                "base_model") if k in run.config.origins), None)
+    if o is None or not o.file:
         return {}
     p = Path(run.path) / o.file
     try:
@@ -367,10 +380,9 @@ def _train(run, plan: Plan, fix, out_dir: Path, device: str, res: ReplayResult) 
                 control.should_log = True
             return control
 
+    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
     trainer = Trainer(model=model, args=args, train_dataset=train_ds,
-                      processing_class=tokenizer,
-                      data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True,
-                                                           label_pad_token_id=-100),
+                      processing_class=tokenizer, data_collator=collator,
                       callbacks=[Window()])
     import contextlib
     # Trainer prints its log dicts on stdout; stdout is reserved for the JSON document

@@ -67,7 +67,7 @@ def yaml_to_train_kwargs(cfg: dict, run_dir: Path) -> dict:
               logging_steps=int(cfg.get("logging_steps", 1)),
               cutoff_len=int(cfg.get("cutoff_len", 64)),
               train_on_prompt=bool(cfg.get("train_on_prompt", False)),
-              output_dir=cfg.get("output_dir", "."),
+              output_dir=cfg.get("output_dir", "."), write_launch_config=False,
               extra_args={"optim": cfg.get("optim", "adamw_torch")})
     if cfg.get("max_steps"):
         kw["max_steps"] = int(cfg["max_steps"])
