@@ -40,6 +40,17 @@ def overlay_svg(curves: list[tuple[str, object]], window: tuple[int, int],
     return _svg(fig)
 
 
+def _after(series, start: int):
+    """A replay's own points (the verifier prefixes its curves with the original's)."""
+    if series is None:
+        return None
+    import copy
+    keep = np.asarray(series.steps) > start
+    s = copy.copy(series)
+    s.steps, s.values = np.asarray(series.steps)[keep], np.asarray(series.values)[keep]
+    return s
+
+
 def story(doc: dict, reproduction=()) -> str:
     bad = [r for r in reproduction if r.ok is False]
     fix = ", ".join(f"{k} = {v}" for k, v in doc["applied_fix"].items())
@@ -65,9 +76,10 @@ def write_rerun_html(doc: dict, original, baseline, fixed, target: Path,
     """original/baseline/fixed: lorascope Analysis objects (baseline/fixed may be None);
     reproduction: verify.Reproduction results (shown, and in the story)."""
     import jinja2
+    start = doc["resumed_from"]["step"]
     curves = [("original", original.run.primary("train_loss") if original else None),
-              ("baseline", baseline.run.primary("train_loss") if baseline else None),
-              ("fixed", fixed.run.primary("train_loss") if fixed else None)]
+              ("baseline", _after(baseline.run.primary("train_loss"), start) if baseline else None),
+              ("fixed", _after(fixed.run.primary("train_loss"), start) if fixed else None)]
     svg = overlay_svg(curves, tuple(doc["fixed"]["steps"]), doc["diagnosis"]["step"],
                       resume=doc["resumed_from"]["step"])
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)),
