@@ -212,17 +212,17 @@ def rise_onset(x: np.ndarray, y: np.ndarray, lo: int, hi: int, allow_step: bool 
 
 
 def climb_onset(x: np.ndarray, y: np.ndarray, sm: np.ndarray, imin: int, rise: float,
-                lo: int, w: int, allow_step: bool = True) -> int:
+                lo: int, w: int, allow_step: bool = True, frac: float = 0.5) -> int:
     """Onset of a climb that follows a minimum: :func:`rise_onset` in a window around the
     smoothed minimum ``sm[imin]``. The window ends a little after the smoothed curve has
-    made half of its ``rise`` (the onset is a local feature, and a rise in stages - flat, a
-    step, flat, a climb - is not one line) and starts at ``lo`` but no earlier than half
+    made ``frac`` of its ``rise`` (the onset is a local feature, and a rise in stages -
+    flat, a step, flat, a climb - is not one line) and starts at ``lo`` but no earlier than half
     that time before the minimum (a decay that is still slowing down is bent like a
     parabola only locally). ``allow_step`` as in :func:`rise_onset`. Returns an index into
     y (``imin`` when nothing fits)."""
     n = len(y)
     hi = n
-    half = np.flatnonzero(sm[imin:] >= sm[imin] + 0.5 * rise)
+    half = np.flatnonzero(sm[imin:] >= sm[imin] + frac * rise)
     if len(half):
         h = imin + int(half[0])
         hi = min(n, h + max(h - imin, w))

@@ -66,3 +66,21 @@ def test_prepare_puts_back_points_logged_times_grad_accum():
     cur = sg.prepare(run.primary("train_loss"), run)
     assert cur.rescaled == 3
     assert cur.raw.max() < 2.5
+
+
+def test_rise_onset_finds_a_ramp_knot_and_the_start_of_a_step():
+    rng = np.random.default_rng(1)
+    x = np.arange(300, dtype=float)
+    ramp = np.where(x < 150, 0.0, 0.01 * (x - 150)) + rng.normal(0, 0.05, 300)
+    assert abs(sg.rise_onset(x, ramp, 0, 300) - 150) <= 10
+    # flat and noisy, then a jump to a new level: the onset is the jump, not the middle
+    # of the flat stretch (a straight line through the window would put it much earlier)
+    step = np.where(x < 200, 0.0, 0.5) + rng.normal(0, 0.1, 300)
+    assert abs(sg.rise_onset(x, step, 0, 300) - 200) <= 3
+
+
+def test_hinge_fit_flat_left_piece_when_constrained():
+    x = np.arange(100, dtype=float)
+    y = np.where(x < 60, 0.01 * x, 0.6 + 0.05 * (x - 60))
+    k, a, b1, b2, sse = sg.hinge_fit(x, y, left_flat_or_falling=True)
+    assert b1 <= 0 and b2 > 0

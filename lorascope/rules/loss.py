@@ -188,7 +188,8 @@ def level_jumps(cur: Curve, beta: float, min_points: int = 1) -> list[Jump]:
         va, _ = sg.linear_edge(idx[e:hi], y[e:hi], at)
         # the noise around this jump: losses whose noise changes along the run (a diffusion
         # loss that calms down once it has settled) must not be judged by a calm stretch
-        local = sg.robust_noise(np.concatenate([y[max(0, b - wmax):b], y[e:e + wmax]]))
+        # (the noise of the stretch the loss came from: the new level may be the spike)
+        local = sg.robust_noise(y[max(0, b - 2 * wmax):b])
         se = 1.25 * max(cur.ds_sigma, local) * math.sqrt(1.0 / nb + 1.0 / na)
         end = bounds[g + 2]
         n_after = (cur.full_index(end) if end < n_ds else cur.n) - cur.full_index(e)
@@ -256,7 +257,7 @@ def loss_spike(run: Run, p: Params) -> list[Finding]:
         cands = [c for c in cands if min(abs(c.step - b) for b in ej["boundaries"]) > tol]
     if cands and cur.mode == "log":
         # waves of a loss that oscillates are not spikes unless far larger than the waves
-        osc = oscillation_stats(cur, 3)
+        osc = oscillation_stats(cur, 3, run)
         if osc is not None and osc[0] >= 4.0 and osc[1] >= math.log1p(0.15):
             cands = [c for c in cands if c.j_med > 4 * osc[1]]
     if not cands:
@@ -344,7 +345,7 @@ def loss_divergence(run: Run, p: Params) -> list[Finding]:
     if ej is not None and ej["fires"] and ej["direction"] == "up":
         return []      # a staircase of epoch-boundary rises: loss.epoch_jump reports it
     if cur.mode == "log":
-        osc = oscillation_stats(cur, 3)
+        osc = oscillation_stats(cur, 3, run)
         if osc is not None and osc[0] >= 4.0 and rise < 4 * osc[1]:
             return []  # the end of a wave, not a trend: loss.oscillation reports it
     # one sudden jump that explains most of the rise is a spike, not a trend
@@ -357,7 +358,8 @@ def loss_divergence(run: Run, p: Params) -> list[Finding]:
     near = np.flatnonzero(sm[d0:imin + 1] <= lvl_min + 0.2 * rise)
     lo = min(d0 + int(near[0]) if len(near) else imin, max(d0, imin - 2))
     xs = cur.ds_steps.astype(float)
-    onset_ds = sg.climb_onset(xs, y, sm, imin, rise, lo, w)
+    # (a quarter of the rise: a loss that climbs in stages starts with its first step)
+    onset_ds = sg.climb_onset(xs, y, sm, imin, rise, lo, w, frac=0.25)
     onset = int(cur.ds_steps[onset_ds])
     peak_i = int(np.argmax(sm[imin:])) + imin
     was_down = float(np.median(y[:w])) - lvl_min
@@ -381,6 +383,20 @@ def _spike_params(p: Params) -> Params:
 
 # -- loss.plateau -----------------------------------------------------------------------
 
+_PREF_SERIES = ("reward", "accuracies", "accuracy", "logps", "margins", "chosen", "rejected")
+
+
+def _preference_loss(run: Run, cur: Curve) -> bool:
+    """A DPO-style sigmoid preference loss: it starts at ln 2 = 0.693 (chosen and rejected
+    scored alike) and the run logs preference metrics (rewards/accuracies, logps, ...).
+    Such a loss need not fall far; "never decreased" is no finding for it."""
+    init = float(np.median(cur.raw[: max(3, cur.n // 30)]))
+    if not 0.6 <= init <= 0.8:
+        return False
+    names = [x.name.lower() for x in run.series if x.role not in ("train_loss", "eval_loss", "lr")]
+    return any(k in nm for nm in names for k in _PREF_SERIES)
+
+
 @rule("loss.plateau", needs=("train_loss",))
 def loss_plateau(run: Run, p: Params) -> list[Finding]:
     """The training loss never meaningfully decreased.
@@ -389,7 +405,8 @@ def loss_plateau(run: Run, p: Params) -> list[Finding]:
     The best smoothed level of the loss is less than `min_decrease` (relative) below its
     initial level, or the decrease is within `min_z` times the noise of a level estimate:
     the curve is flat compared to its own noise. Losses that are zero or negative, or start
-    near zero (preference / RL training such as DPO or GRPO), are not judged. Diffusion
+    near zero (preference / RL training such as DPO or GRPO), are not judged, nor is a
+    DPO-style loss that starts at ln 2 in a run that logs preference metrics. Diffusion
     (image) LoRA losses are dominated by the random noise timestep and often look flat in
     healthy runs; for them the finding is only `sd_severity`.
 
@@ -412,6 +429,8 @@ def loss_plateau(run: Run, p: Params) -> list[Finding]:
     cur = sg.prepare(s, run)
     if cur is None or cur.n < p["min_curve_points"] or cur.mode != "log":
         return []
+    if _preference_loss(run, cur):
+        return []
     y, n_ds = cur.ds_y, len(cur.ds_y)
     w = max(3, n_ds // 10)
     wi = max(5, n_ds // 30)          # the initial level: the first 3% (an early drop counts)
@@ -420,7 +439,12 @@ def loss_plateau(run: Run, p: Params) -> list[Finding]:
              max(0, n_ds - 2 * w))
     init = float(np.median(y[d0:d0 + wi]))
     sm = sg.rolling_median(y, ws)
-    best_i = d0 + w // 2 + int(np.argmin(sm[d0 + w // 2:]))
+    # only where the median window lies inside the curve: at the edges it is padded with
+    # copies of the first / last point, and one low last point would be "the best level"
+    a, b = d0 + max(w // 2, ws // 2), n_ds - ws // 2
+    if b <= a:
+        a, b = d0 + w // 2, n_ds
+    best_i = a + int(np.argmin(sm[a:b]))
     best = float(sm[best_i])
     end = float(np.median(y[-w:]))
     drop = init - best
@@ -466,7 +490,40 @@ def loss_plateau(run: Run, p: Params) -> list[Finding]:
 
 # -- loss.oscillation -------------------------------------------------------------------
 
-def oscillation_stats(cur: Curve, min_cycles: int):
+def _wave_power_score(r: np.ndarray, W: int, min_cycles: int, epoch_period: float | None = None) -> float:
+    """A periodic wave in a residual, on the scale of the smoother score (4 = clear).
+
+    The periodogram of white noise has exponential ordinates around its mean; a sine of
+    amplitude A over m points puts m*A^2/4 into one ordinate. The strongest ordinate with
+    a period between 8 points and the trend width ``W`` (at least ``min_cycles`` waves;
+    slow waves: a loss alternating between two levels at every log entry is not this)
+    is compared with the median of its 16 neighbours on each side (a local level, so that
+    red noise - a loss wandering slowly - is not mistaken for a wave), as the equivalent
+    4 * sqrt(P / (30 * local mean)): 4 is a peak 30 times the mean noise power around it
+    (white noise gets there with probability about e^-30 per ordinate: never)."""
+    m = len(r)
+    if m < 24:
+        return 0.0
+    P = np.abs(np.fft.rfft(r - np.mean(r))) ** 2
+    f = np.arange(len(P)) / m                          # cycles per point
+    keep = (f >= max(min_cycles / m, 1.0 / max(W, 8))) & (f <= 0.125)
+    if epoch_period:
+        # a pattern that repeats every epoch (a staircase, data in a fixed order) is
+        # loss.epoch_jump's business, not an oscillation
+        for h in (1, 2):
+            keep &= np.abs(f * epoch_period / h - 1.0) > 0.1
+    band = np.flatnonzero(keep)
+    if len(band) == 0:
+        return 0.0
+    j = int(band[np.argmax(P[band])])
+    nb = np.r_[P[max(1, j - 17):max(1, j - 1)], P[j + 2:j + 18]]
+    if len(nb) < 8:
+        return 0.0
+    local = float(np.median(nb)) / math.log(2.0)
+    return 4.0 * math.sqrt(float(P[j]) / max(30.0 * local, 1e-300))
+
+
+def oscillation_stats(cur: Curve, min_cycles: int, run: Run | None = None):
     """(score, amp, crossings, width, lo, hi) of the strongest wave pattern, or None."""
     y, n_ds = cur.ds_y, len(cur.ds_y)
     if n_ds < 40:
@@ -475,6 +532,11 @@ def oscillation_stats(cur: Curve, min_cycles: int):
     noise = cur.ds_sigma
     lo, hi = int(0.1 * n_ds), int(0.95 * n_ds)
     best = None
+    ep = None
+    if run is not None and len(run.epoch_boundaries) >= 2 and n_ds > 1:
+        per_pt = float(np.median(np.diff(cur.ds_steps)))
+        if per_pt > 0:
+            ep = float(np.median(np.diff(sorted(run.epoch_boundaries)))) / per_pt
     for div in (40, 20, 10, 5):
         W = max(5, n_ds // div)
         trend = uniform_filter1d(sg.rolling_median(y, 3), W, mode="nearest")
@@ -496,6 +558,7 @@ def oscillation_stats(cur: Curve, min_cycles: int):
         hf = r - rs
         s_hf = 1.4826 * float(np.median(np.abs(hf - np.median(hf))))
         score = amp / max(1.25 * max(s_hf, 0.5 * noise) / math.sqrt(k), 1e-12)
+        score = max(score, _wave_power_score(y[lo:hi] - trend[lo:hi], W, min_cycles, ep))
         if crossings >= 2 * min_cycles and (best is None or score > best[0]):
             best = (score, amp, crossings, W)
     if best is None:
@@ -530,7 +593,7 @@ def loss_oscillation(run: Run, p: Params) -> list[Finding]:
     cur = sg.prepare(s, run)
     if cur is None or cur.n < p["min_curve_points"] or cur.mode != "log":
         return []
-    st = oscillation_stats(cur, p["min_cycles"])
+    st = oscillation_stats(cur, p["min_cycles"], run)
     if st is None:
         return []
     ej = epoch_analysis(cur, run, params_for_epoch(p))
@@ -696,13 +759,14 @@ def loss_epoch_jump(run: Run, p: Params) -> list[Finding]:
     if sev == "off":
         return []
     word = "rises" if ej["direction"] == "up" else "drops"
+    wing = "rising" if ej["direction"] == "up" else "dropping"
     ev = []
     for b, i, j, se, _sig, _w in jumps[:5]:
         ev.append(f"step {b}: {fmt(cur.level(float(np.median(cur.y[max(0, i - 5):i]))))} before, "
                   f"{fmt(cur.level(float(np.median(cur.y[i:i + 5]))))} after "
                   f"(level {'x' if cur.mode == 'log' else '+'}"
                   f"{fmt(math.exp(j) if cur.mode == 'log' else j)}, {fmt(abs(j) / se)} standard errors)")
-    ev.insert(0, f"{len(jumps)} of {len(ej['all'])} epoch boundaries show the loss level {word.rstrip('s')}ing "
+    ev.insert(0, f"{len(jumps)} of {len(ej['all'])} epoch boundaries show the loss level {wing} "
                  f"(mid-epoch controls: {fmt(100 * ej['ctrl_sig'])}% significant)")
     if len(ej["all"]) >= 2:
         ev.insert(1, f"all boundaries together: {fmt(abs(ej['z_pooled']))} standard errors")

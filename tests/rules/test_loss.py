@@ -150,3 +150,80 @@ def test_real_grpo_runs_get_no_spike_or_plateau():
     for run in runs:
         for rid in ("loss.spike", "loss.plateau", "loss.divergence"):
             assert alarms(rid, run) == [], rid
+
+
+def test_divergence_onset_is_where_the_rise_begins_not_the_noisy_minimum():
+    # falls, then flat and noisy for a long stretch, then a step up and a further climb
+    # (hf-lr-diverge's shape): the onset is the step, not the argmin of the flat stretch
+    rng = np.random.default_rng(3)
+    y = np.r_[np.linspace(np.log(4.8), np.log(2.9), 15), np.full(20, np.log(2.9)),
+              np.full(55, np.log(3.5)), np.linspace(np.log(3.5), np.log(4.8), 10)]
+    v = np.exp(y + rng.normal(0, 0.05, len(y)))
+    (f,) = alarms("loss.divergence", make_run(v))
+    assert abs(f.step - 36) <= 3, f.step
+
+
+def test_spike_in_short_stages_without_recovery_is_one_spike():
+    # a diffusion-like loss: noisy around 0.2, then climbs to x400 within 6 steps, falls
+    # back to 1.0 and stays there (sd-lr-spike's shape)
+    rng = np.random.default_rng(0)
+    v = 0.2 * np.exp(rng.normal(0, 0.4, 300))
+    v[115:121] = [1.6, 0.9, 8.7, 1.9, 11.0, 86.0]
+    v[121:132] = [24, 236, 25, 23, 27, 18, 40, 9, 1.0, 5.0, 0.95]
+    v[132:] = 1.0 * np.exp(rng.normal(0, 0.04, 168))
+    fs = alarms("loss.spike", make_run(v, task="sd"))
+    assert len(fs) == 1 and 113 <= fs[0].step <= 117 and "did not recover" in fs[0].title
+    assert alarms("loss.oscillation", make_run(v, task="sd")) == []
+
+
+def test_epoch_jump_pools_boundaries_that_are_each_below_the_noise():
+    # each epoch falls, then jumps back up at the boundary by x1.8; the per-step noise is
+    # so large that no single boundary is clear, but four in a row are
+    rng = np.random.default_rng(5)
+    n, spe = 300, 60
+    t = np.arange(n) % spe
+    y = np.log(0.3) - 0.6 * t / spe + rng.normal(0, 0.45, n)
+    run = make_run(np.exp(y), bounds=[61, 121, 181, 241], task="sd")
+    (f,) = alarms("loss.epoch_jump", run)
+    assert f.extra["direction"] == "up" and any("together" in e for e in f.evidence)
+    flat = make_run(np.exp(np.log(0.3) + rng.normal(0, 0.45, n)), bounds=[61, 121, 181, 241])
+    assert alarms("loss.epoch_jump", flat) == []
+
+
+def test_plateau_best_level_ignores_the_padded_edge():
+    # a flat loss whose very last points are low by chance is still a plateau
+    rng = np.random.default_rng(2)
+    v = np.exp(np.log(1.2) + rng.normal(0, 0.05, 300))
+    v[-3:] *= 0.7
+    (f,) = alarms("loss.plateau", make_run(v))
+    assert f.severity == "critical"
+
+
+def test_plateau_fix_follows_the_evidence():
+    from lorascope.model import LogEvent
+    v = np.exp(np.log(5.9) + np.random.default_rng(0).normal(0, 0.01, 100))
+    (f,) = alarms("loss.plateau", make_run(v, config={"learning_rate": 1e-5}))
+    assert f.fix == {"learning_rate": 2e-4}
+    run = make_run(v, config={"learning_rate": 1e-5})
+    run.events.append(LogEvent(kind="base_model_not_loaded", file="train.log", line=3, text="x"))
+    (g,) = alarms("loss.plateau", run)
+    assert "learning_rate" not in g.fix and any("base model not loaded" in e for e in g.evidence)
+
+
+def test_dpo_loss_starting_at_ln2_is_not_a_plateau():
+    rng = np.random.default_rng(0)
+    v = np.exp(np.log(0.69) + rng.normal(0, 0.25, 200))
+    run = make_run(v)
+    from lorascope.model import Series as S
+    run.series.append(S("rewards/accuracies", "other", np.arange(1, 201), rng.random(200)))
+    assert alarms("loss.plateau", run) == []
+    assert alarms("loss.plateau", make_run(v)) != []
+
+
+def test_short_fast_oscillation_is_found():
+    # 60 points, waves of +/-30% with a 10-point period under 20% noise
+    rng = np.random.default_rng(4)
+    t = np.arange(60)
+    y = decay(60, 0.0) + 0.3 * np.sin(2 * np.pi * t / 10) + rng.normal(0, 0.2, 60)
+    (f,) = alarms("loss.oscillation", make_run(np.exp(y)))
+    assert f.severity == "warning"
