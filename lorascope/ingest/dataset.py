@@ -272,6 +272,14 @@ def _escapes(name: str) -> bool:
     return norm == ".." or norm.startswith("../")
 
 
+def _is_file(p: Path) -> bool:
+    """Path.is_file that also says no for a name too long for the file system."""
+    try:
+        return p.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _read_caption_file(path: Path) -> tuple[str, str, bool]:
     """(caption, encoding, bom) of a per-image caption file."""
     data, _ = _read_capped(path, MAX_CAPTION_BYTES)
@@ -385,7 +393,7 @@ def load_image_dataset(root: Path, run_dir: Path, *, jobs: int | None = None,
             rel = posixpath.normpath(name)
             item = DataItem(file=_join(prefix, rel), caption=cap, index=row)
             items.append(item)
-            if rel in on_disk or (root / rel).is_file():
+            if rel in on_disk or _is_file(root / rel):
                 named.add(rel)
                 to_scan.append((item, str(root / rel)))
                 continue
