@@ -4,6 +4,7 @@ import json
 import pytest
 
 from helpers import fixture_run, lorascope, tree_digest
+from lorascope.rerun.verify import REPRO_RTOL
 
 pytestmark = pytest.mark.slow
 
@@ -25,3 +26,13 @@ def test_diverging_fixture_is_fixed_from_the_checkpoint_before_onset(tmp_path):
     assert (tmp_path / "out").is_dir() and tree_digest(run) == before
     html = list((tmp_path / "out").glob("*.html"))
     assert html and "fixed" in html[0].read_text()
+    # the replay continues the original run: its first step ran checkpoint-25's weights on
+    # the same batch, so it logs the original's loss there (the check behind the verdict)
+    start = doc["resumed_from"]["step"]
+    orig = {h["step"]: h["loss"] for h in json.loads((run / "trainer_state.json").read_text())
+            ["log_history"] if "loss" in h}
+    state = json.loads((tmp_path / "out" / "hf-lr-diverge-fixed" / "trainer_state.json").read_text())
+    first = next(h for h in state["log_history"] if "loss" in h)
+    assert first["step"] == start + 1
+    assert first["loss"] == pytest.approx(orig[start + 1], rel=REPRO_RTOL)
+    assert f"the fixed replay reproduces the original run at step {start + 1}" in r.stderr

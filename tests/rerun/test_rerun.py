@@ -87,6 +87,34 @@ def test_lr_divergence_is_fixed(diverging, tmp_path, device):
     assert not list(diverging.glob("lr-diverge-*"))          # nothing written into the run
 
 
+def test_replay_on_another_data_pipeline_is_inconclusive(diverging, tmp_path):
+    """The run was trained with labels on the prompt (train_on_prompt: true), but the copy's
+    config no longer says so: the built-in backend falls back to answers-only labels, so
+    its first replayed step (checkpoint weights, same batch) logs another loss than the
+    original run did there. Whatever the fixed replay then shows says nothing about the
+    original run: inconclusive, with the reason on stderr and in the text."""
+    import shutil
+
+    import yaml
+    run = tmp_path / "lr-diverge"
+    shutil.copytree(diverging, run)
+    cfg = yaml.safe_load((run / "train_lora.yaml").read_text())
+    del cfg["train_on_prompt"]
+    (run / "train_lora.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    code, out, err = _rerun([str(run), "--fix", "--device", "cpu", "--steps", "3",
+                             "--out", str(tmp_path / "o")])
+    assert code == 1 and "verdict: INCONCLUSIVE" in out
+    start = int(out.split("at step ")[1].split()[0])
+    line = next(x for x in err.splitlines() if "does not reproduce the original run" in x)
+    assert line.startswith(f"lorascope: the fixed replay does not reproduce the original run "
+                           f"at step {start + 1}: loss ")
+    assert line.endswith("the data pipeline or the base model differ; use --cmd with your own "
+                         "trainer")
+    assert "reproduction: the fixed replay does not reproduce" in out
+    html = (tmp_path / "o" / "lr-diverge-rerun.html").read_text()
+    assert 'class="banner v-warning"' in html and "does not reproduce the original run" in html
+
+
 def test_fix_that_cannot_help_is_not_fixed(lab, tmp_path):
     broken = tinyllm_broken(lab)
     run = llmruns.train_from_yaml(lab / "no-base", llmruns.yaml_config(
