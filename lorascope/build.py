@@ -477,6 +477,12 @@ def build_run(run_dir: Path | str, *, jobs: int | None = None, progress: bool = 
 
     # trainer and task
     trainer = _choose(facts_list, "trainer", TRAINER_RANK)
+    if trainer == "llamafactory" and not any(
+            p.facts.get("trainer") == "llamafactory" and p.source.kind in ("trainer_log", "text_log")
+            for p in parsed) and any(p.source.kind == "trainer_state" for p in parsed):
+        # a LLaMA-Factory-style YAML alone does not make the run LLaMA-Factory's: its
+        # LogCallback always writes trainer_log.jsonl; without it HF Trainer ran the config
+        trainer = "hf-trainer"
     if trainer is None and any(s.name.lower().startswith(("loss/current", "loss/average", "lr/unet"))
                                for s in run.series):
         trainer = "kohya"
