@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Regenerate the README's terminal output and report screenshots from the bundled fixtures.
+# Needs the test set-up (bash scripts/test.sh installs chromium as root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=$(mktemp -d)
+for run in hf-lr-diverge sd-bad-metadata; do
+  .venv/bin/lorascope analyze "fixtures/runs/$run" --html "$out/$run.html" > "$out/$run.txt" || true
+  chromium --headless --no-sandbox --disable-gpu --disable-background-networking \
+    --disable-component-update --disable-sync --no-first-run --user-data-dir="$out/chrome" \
+    --hide-scrollbars --window-size=1280,900 --screenshot="docs/img/report-$run.png" \
+    "file://$out/$run.html" 2>/dev/null
+done
+cat "$out/hf-lr-diverge.txt"
