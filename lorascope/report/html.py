@@ -54,7 +54,7 @@ def story(run, findings, verdict: str) -> str:
     if main is None:
         parts.append("lorascope found nothing wrong in the curves, logs, data or checkpoints it read.")
     else:
-        when = f"At step {main.step}: " if main.step is not None else ""
+        when = f"At step {main.step}: " if main.step is not None and f"step {main.step}" not in main.title else ""
         parts.append(f"{when}{main.title.rstrip('.')}.")
         if main.causes:
             c = main.causes[0]
