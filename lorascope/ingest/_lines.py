@@ -6,14 +6,37 @@ newline, a dumped tensor) or binary garbage.  :func:`iter_lines` never holds mor
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 MAX_LINE = 10_000              # characters kept of one line
 MAX_BYTES = 512 * 1024 * 1024  # bytes read of one file
 CHUNK = 1 << 20
 MAX_PROBLEMS = 5               # problem strings kept per file before summarising
+MAX_INT = 2 ** 62              # larger counts are garbage; they would overflow int64 arrays
+
+
+def json_number(v: Any) -> float | None:
+    """A JSON number as float (bools and strings are not numbers)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        return float(v)
+    except OverflowError:   # an integer with hundreds of digits
+        return None
+
+
+def json_int(v: Any) -> int | None:
+    """An integer, also from a float with no fractional part (10.0)."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v if abs(v) <= MAX_INT else None
+    if isinstance(v, float) and math.isfinite(v) and v == int(v):
+        return int(v) if abs(v) <= MAX_INT else None
+    return None
 
 
 @dataclass

@@ -9,7 +9,6 @@ depending on the stage, ``eval_loss``, ``predict_loss``, ``reward``, ``accuracy`
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from lorascope.ingest._lines import MAX_LINE, ProblemLog, ReadStats, iter_lines
+from lorascope.ingest._lines import json_int as _int
+from lorascope.ingest._lines import json_number as _num
 from lorascope.model import Parsed, RawSeries, Source
 
 # progress and bookkeeping fields: not curves
@@ -25,28 +26,6 @@ SKIP_KEYS = {"current_steps", "total_steps", "percentage", "elapsed_time", "rema
 MAX_RESULTS_BYTES = 16 * 1024 * 1024
 MAX_RESULT_KEYS = 200
 _TIME_RE = re.compile(r"^\s*(?:(\d+) days?, )?(\d+):(\d{1,2}):(\d{1,2})(?:\.\d+)?\s*$")
-
-
-MAX_INT = 2 ** 62   # larger counts are garbage; they would overflow int64 arrays
-
-
-def _num(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    try:
-        return float(v)
-    except OverflowError:   # an integer with hundreds of digits
-        return None
-
-
-def _int(v: Any) -> int | None:
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, int):
-        return v if abs(v) <= MAX_INT else None
-    if isinstance(v, float) and math.isfinite(v) and v == int(v):
-        return int(v) if abs(v) <= MAX_INT else None
-    return None
 
 
 def duration_seconds(text: Any) -> float | None:

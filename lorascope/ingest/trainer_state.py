@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from lorascope.ingest._lines import ProblemLog
+from lorascope.ingest._lines import json_int as _int
+from lorascope.ingest._lines import json_number as _num
 from lorascope.model import ConfigValue, Parsed, RawSeries, Source
 
 KIND = "trainer_state"
@@ -33,30 +35,6 @@ CHECKPOINT_RE = re.compile(r"(?:^|/)checkpoint-(\d+)/[^/]*$")
 # a top-level scalar line as HF writes it (indent=2), for salvaging a truncated file
 TOP_SCALAR_RE = re.compile(r'^  "(\w+)": (-?[0-9.eE+-]+|null|true|false|"[^"\n]*"|NaN|Infinity|-Infinity),?\s*$',
                            re.M)
-
-
-MAX_INT = 2 ** 62   # larger counts are garbage; they would overflow int64 arrays
-
-
-def _num(v: Any) -> float | None:
-    """A JSON number as float (bools and strings are not numbers)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    try:
-        return float(v)
-    except OverflowError:   # an integer with hundreds of digits
-        return None
-
-
-def _int(v: Any) -> int | None:
-    """An integer, also from a float with no fractional part (10.0)."""
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, int):
-        return v if abs(v) <= MAX_INT else None
-    if isinstance(v, float) and math.isfinite(v) and v == int(v):
-        return int(v) if abs(v) <= MAX_INT else None
-    return None
 
 
 def _salvage(text: str) -> dict:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import click
 
+from lorascope.cli import _inside
+
 from lorascope.rerun.plan import Plan, RerunError, make_plan
 
 EXIT = {"fixed": 0, "not_fixed": 1, "inconclusive": 1}
@@ -22,14 +24,6 @@ MARKER = ".lorascope-rerun"
 def _die(msg: str) -> None:
     click.echo(f"lorascope: {msg}", err=True)
     sys.exit(2)
-
-
-def _inside(target: Path, run_dir: Path) -> bool:
-    try:
-        target.resolve().relative_to(run_dir.resolve())
-        return True
-    except ValueError:
-        return False
 
 
 def _fresh_dir(p: Path) -> Path:
