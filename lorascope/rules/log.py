@@ -40,6 +40,14 @@ def _of(run: Run, kind: str) -> list[LogEvent]:
     return sorted((e for e in run.events if e.kind == kind), key=lambda e: (e.file, e.line))
 
 
+def _evidence(shown, p: Params) -> list[str]:
+    """The offending log lines as "file:line: text", capped, with a count of the rest."""
+    ev = [_where(e) for e in shown[: p["max_evidence"]]]
+    if len(shown) > len(ev):
+        ev.append(f"... and {len(shown) - len(ev)} more such lines")
+    return ev
+
+
 @rule("log.base_model_not_loaded", needs=("events",))
 def log_base_model_not_loaded(run: Run, p: Params) -> list[Finding]:
     """The trainer did not load the base model (random init or a missing path).
@@ -74,9 +82,7 @@ def log_base_model_not_loaded(run: Run, p: Params) -> list[Finding]:
     if not bad:
         return []
     shown = _unique(bad)
-    ev = [_where(e) for e in shown[: p["max_evidence"]]]
-    if len(shown) > len(ev):
-        ev.append(f"... and {len(shown) - len(ev)} more such lines")
+    ev = _evidence(shown, p)
     severity = None
     last = bad[-1]
     ok_later = [e for e in run.events if e.kind == "base_model_loaded" and e.file == last.file
@@ -126,9 +132,7 @@ def log_no_trainable_params(run: Run, p: Params) -> list[Finding]:
     if not bad:
         return []
     shown = _unique(bad)
-    ev = [_where(e) for e in shown[: p["max_evidence"]]]
-    if len(shown) > len(ev):
-        ev.append(f"... and {len(shown) - len(ev)} more such lines")
+    ev = _evidence(shown, p)
     tm = run.config.get("target_modules")
     if tm:
         ev.append(f"target_modules = {tm!r}")
