@@ -4,7 +4,8 @@ A symptom (a curve, checkpoint or log finding) lists in the catalog which other
 rules may explain it and with what base confidence.  Those that fired in this
 run become its causes, ranked; timing evidence (an epoch boundary or a
 checkpoint at the symptom's step) adjusts the ranking.  The symptom's fix is its
-catalog default fix overlaid by its causes' fixes, most confident first.
+causes' fixes, most confident first, then its catalog default fix — the default
+only when no cause was found or the most likely one is a setting.
 """
 from __future__ import annotations
 
@@ -74,7 +75,14 @@ def diagnose(run: Run, findings: list[Finding], catalog: dict[str, dict]) -> lis
             for cf in by_rule.get(c.rule, []):
                 for k, v in cf.fix.items():
                     fix.setdefault(k, v)
-        for k, v in (entry.get("fix", {}) or {}).items():
+        # the fix follows the most likely cause: when that is a data, log or checkpoint
+        # problem, the symptom's generic setting change (e.g. a lower learning rate) is
+        # not what the evidence asks for
+        top = causes[0].rule if causes else None
+        default = entry.get("fix", {}) or {}
+        if top is not None and not top.startswith("config."):
+            default = {}
+        for k, v in default.items():
             if k not in fix and k not in f.fix:
                 v2 = _scaled(v, k, run)
                 if v2 is not None:
