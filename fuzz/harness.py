@@ -23,7 +23,14 @@ def scratch() -> Path:
     global _SCRATCH
     if _SCRATCH is None:
         base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-        _SCRATCH = Path(tempfile.mkdtemp(prefix="lorascope-fuzz-", dir=base))
+        base = Path(base or tempfile.gettempdir())
+        # libFuzzer ends the process with _exit (no atexit): sweep dirs of dead fuzzers
+        for old in base.glob("lorascope-fuzz-*"):
+            pid = old.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                shutil.rmtree(old, ignore_errors=True)
+        _SCRATCH = base / f"lorascope-fuzz-{os.getpid()}"
+        _SCRATCH.mkdir(exist_ok=True)
         import atexit
         atexit.register(shutil.rmtree, _SCRATCH, True)
     return _SCRATCH
