@@ -74,7 +74,11 @@ def diagnose(run: Run, findings: list[Finding], catalog: dict[str, dict]) -> lis
         for c in causes:
             for cf in by_rule.get(c.rule, []):
                 for k, v in cf.fix.items():
-                    fix.setdefault(k, v)
+                    if isinstance(v, list) and isinstance(fix.get(k), list):
+                        # list-valued fixes (exclude_files) of several causes add up
+                        fix[k] = list(dict.fromkeys(fix[k] + v))
+                    else:
+                        fix.setdefault(k, v)
         # the fix follows the most likely cause: when that is a data, log or checkpoint
         # problem, the symptom's generic setting change (e.g. a lower learning rate) is
         # not what the evidence asks for

@@ -1,8 +1,19 @@
 """`data.*`: the dataset a run trained on — images, captions, text samples.
 
 These rules read ``run.datasets`` only. Data problems are fixed in the files, not in
-the config, so no finding here carries a ``fix``; the title and evidence say what to
-change. Every finding lists the offending files (capped at ``max_files``).
+the config; the title and evidence say what to change. Every finding lists the
+offending files (capped at ``max_files``).
+
+One fix is automatic: when a few images of a dataset cannot be used (undecodable,
+blank, or named by metadata.csv but absent) -- at most ``max_exclude_fraction`` of its
+items -- ``data.corrupt_image``, ``data.degenerate_image`` and ``data.missing_file``
+set ``fix = {"exclude_files": [...]}``: the dataset files to leave out, as paths
+relative to the run directory (as in ``files``, but never capped). ``lorascope rerun
+--fix`` trains on a filtered copy of the dataset without them. More offenders than
+that mean the dataset itself needs work, and no fix is set. ``data.case_mismatch``
+sets none either: the image is fine, only its name is misspelt, so the fix is a
+rename, not dropping a good image. Text datasets get no automatic fix (dropping
+records would need a rewritten JSON/JSONL copy per dataset format; not done).
 """
 from __future__ import annotations
 
@@ -23,6 +34,23 @@ def _cap(files: list[str], limit: int) -> tuple[list[str], list[str]]:
     if len(files) <= limit:
         return files, []
     return files[:limit], [f"and {len(files) - limit} more files"]
+
+
+def _exclude_fix(ds: Dataset, files: list[str], p: Params,
+                 evidence: list[str]) -> dict:
+    """``{"exclude_files": files}`` when they are a small share of the dataset (at most
+    the rule's ``max_exclude_fraction`` of its items), else ``{}`` and an evidence line
+    saying why there is no automatic fix."""
+    files = list(dict.fromkeys(f for f in files if f))
+    total = len(ds.items)
+    if not files or not total:
+        return {}
+    frac = p.get("max_exclude_fraction", 0.0)
+    if len(files) <= frac * total and len(files) < total:
+        return {"exclude_files": files}
+    evidence.append(f"{len(files)} of {total} dataset items are affected (more than "
+                    f"{frac:.0%}): too many to leave out automatically, the dataset needs work")
+    return {}
 
 
 def _where(ds: Dataset) -> str:
@@ -138,7 +166,11 @@ def data_missing_file(run: Run, p: Params) -> list[Finding]:
 
     ## Fix
     Remove the rows, or put the files back. Keep every `file_name` relative to the
-    folder that holds `metadata.csv`.
+    folder that holds `metadata.csv`. Automatic fix (`lorascope rerun --fix`): when the
+    missing files are at most `max_exclude_fraction` of the dataset's items,
+    `exclude_files` lists them, and the replay trains on a copy of the dataset whose
+    `metadata.csv` drops their rows (names pointing outside the dataset directory are
+    not listed: fix those rows by hand).
     """
     out = []
     for ds in _image_sets(run):
@@ -159,7 +191,8 @@ def data_missing_file(run: Run, p: Params) -> list[Finding]:
         files, more = _cap([_label(it) for it in gone], p["max_files"])
         title = (f"{len(gone)} file(s) named by the dataset do not exist"
                  if missing else f"{len(gone)} dataset name(s) point outside the dataset directory")
-        out.append(p.finding(title=title, evidence=ev + more, files=files))
+        fix = _exclude_fix(ds, [it.file for it in missing if it.file], p, ev)
+        out.append(p.finding(title=title, evidence=ev + more, files=files, fix=fix))
     return out
 
 
@@ -181,7 +214,9 @@ def data_case_mismatch(run: Run, p: Params) -> list[Finding]:
     `metadata.csv` says `Image_001.jpg`; the disk holds `image_001.jpg`.
 
     ## Fix
-    Rename the files or edit the CSV so that both spell each name identically.
+    Rename the files or edit the CSV so that both spell each name identically. No
+    automatic fix: the image itself is fine, and leaving it out of the replay
+    (`exclude_files`) would throw away good data to work around a misspelt name.
     """
     out = []
     for ds in _image_sets(run):
@@ -222,7 +257,10 @@ def data_corrupt_image(run: Run, p: Params) -> list[Finding]:
 
     ## Fix
     Re-export or re-download the listed files, or remove them (and their rows or
-    caption files). Downscale huge images to the training resolution.
+    caption files). Downscale huge images to the training resolution. Automatic fix
+    (`lorascope rerun --fix`): when the bad images are at most `max_exclude_fraction`
+    of the dataset's items, `exclude_files` lists them, and the replay trains on a copy
+    of the dataset without them (their `metadata.csv` rows and caption files dropped).
     """
     out = []
     for ds in _image_sets(run):
@@ -235,8 +273,9 @@ def data_corrupt_image(run: Run, p: Params) -> list[Finding]:
             ev.append(f"... {len(bad) - lim} more undecodable images")
         total = sum(1 for it in ds.items if it.exists)
         files, more = _cap([_label(it) for it in bad], p["max_files"])
+        fix = _exclude_fix(ds, [it.file for it in bad if it.file], p, ev)
         out.append(p.finding(title=f"{len(bad)} of {total} images fail to decode",
-                             evidence=ev + more, files=files))
+                             evidence=ev + more, files=files, fix=fix))
     return out
 
 
@@ -261,7 +300,9 @@ def data_degenerate_image(run: Run, p: Params) -> list[Finding]:
 
     ## Fix
     Delete the listed images (and their captions) or replace them with the intended
-    pictures.
+    pictures. Automatic fix (`lorascope rerun --fix`): when the blank images are at
+    most `max_exclude_fraction` of the dataset's items, `exclude_files` lists them, and
+    the replay trains on a copy of the dataset without them.
     """
     out = []
     for ds in _image_sets(run):
@@ -273,9 +314,10 @@ def data_degenerate_image(run: Run, p: Params) -> list[Finding]:
               + f" of {sum(1 for it in ds.items if it.exists)} images"]
         ev += [f"{_label(it)}: {it.degenerate}" for it in bad[:5]]
         files, more = _cap([_label(it) for it in bad], p["max_files"])
+        fix = _exclude_fix(ds, [it.file for it in bad if it.file], p, ev)
         out.append(p.finding(title=f"{len(bad)} image(s) are blank ("
                              + ", ".join(k for k, _ in kinds.most_common()) + ")",
-                             evidence=ev + more, files=files))
+                             evidence=ev + more, files=files, fix=fix))
     return out
 
 

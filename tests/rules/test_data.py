@@ -78,7 +78,7 @@ def test_healthy_image_set_and_text_set_are_silent(tmp_path, catalog):
 
 def test_manifest_faults_fire_with_files(tmp_path, catalog):
     root = tmp_path / "img"
-    healthy_images(root, n=4)
+    healthy_images(root, n=12)   # 1 bad file of ~17 items: within max_exclude_fraction
     noise().save(root / "image_001.jpg")
     buf = io.BytesIO()
     noise(200, 150).save(buf, "JPEG")
@@ -93,7 +93,13 @@ def test_manifest_faults_fire_with_files(tmp_path, catalog):
                         "data.degenerate_image"}
     assert "data.encoding" not in got and "data.mixed_resolution" not in got
     for rid, fs in got.items():
-        assert fs[0].severity == CONTRACT_SEVERITY[rid] and fs[0].fix == {}
+        assert fs[0].severity == CONTRACT_SEVERITY[rid]
+    # a few unusable files of a dataset: the automatic fix leaves them out (a name that
+    # escapes the dataset dir, or one misspelt only in case, is not excluded)
+    assert got["data.missing_file"][0].fix == {"exclude_files": ["img/gone.png"]}
+    assert got["data.corrupt_image"][0].fix == {"exclude_files": ["img/cut.jpg"]}
+    assert got["data.degenerate_image"][0].fix == {"exclude_files": ["img/black.png"]}
+    assert got["data.case_mismatch"][0].fix == {}
     assert got["data.missing_file"][0].files == ["img/gone.png", "../../secret.png"]
     assert got["data.case_mismatch"][0].files == ["img/Image_001.jpg"]
     assert "'image_001.jpg' on disk" in got["data.case_mismatch"][0].evidence[0]
@@ -204,3 +210,19 @@ def test_text_control_chars_and_too_long(tmp_path, catalog):
     assert "data.text_too_long" not in run_rules(catalog, [ds])
     # a generous cutoff: silent
     assert "data.text_too_long" not in run_rules(catalog, [ds], cutoff_len=4096)
+
+
+def test_exclude_fix_only_for_a_small_share_of_the_dataset(tmp_path, catalog):
+    root = tmp_path / "img"
+    healthy_images(root, n=4)
+    for i in range(3):
+        Image.new("RGB", (640, 640)).save(root / f"black{i}.png")
+    ds, _ = load_image_dataset(root, tmp_path)
+    f = run_rules(catalog, [ds], resolution=512)["data.degenerate_image"][0]
+    assert f.fix == {}                                   # 3 of 7 blank: the dataset needs work
+    assert any("too many to leave out automatically" in e for e in f.evidence)
+    for i in range(30):
+        noise(64, 64).save(root / f"more{i:02d}.jpg")
+    ds, _ = load_image_dataset(root, tmp_path)
+    f = run_rules(catalog, [ds])["data.degenerate_image"][0]
+    assert f.fix == {"exclude_files": ["img/black0.png", "img/black1.png", "img/black2.png"]}
