@@ -19,7 +19,11 @@ def grad_explosion(run: Run, p: Params) -> list[Finding]:
     The level of the gradient norm (a short running median, so one noisy point does not
     count) rises to at least `min_ratio` times its median over the preceding stretch of
     the run and stays there for `min_points` logged points; a single logged point at least
-    `isolated_ratio` times the preceding level is reported with `isolated_severity`.
+    `isolated_ratio` times the preceding level is reported with `isolated_severity`, unless
+    it stays within the run's own recurring range: no more than `range_ratio` times the
+    `range_count`-th largest of the other logged points (start of the run included). A norm
+    that flips between two levels (preference training), or a memorised run whose rare
+    unfitted batch brings back the norm the run started with, is not an explosion.
     Non-finite grad norms (fp16 skipped steps) are left to `loss.nonfinite`; the warmup
     phase at the start is not judged.
 
@@ -101,17 +105,35 @@ def grad_explosion(run: Run, p: Params) -> list[Finding]:
     iso_thr = math.log(p["isolated_ratio"])
     with np.errstate(invalid="ignore"):
         ih = np.flatnonzero(mx - prev >= iso_thr)
-    if len(ih):
-        d = int(ih[0])
+    # a point inside the run's own recurring range is not an explosion: a norm that flips
+    # between two levels (preference training) or a memorised run whose rare unfitted batch
+    # brings back the norm it started with. The range's upper end: the range_count-th
+    # largest of the other points (warmup included: the norm a run starts with is its own)
+    order = np.sort(y)[::-1]
+    kc = max(1, int(p.get("range_count", 3)))
+    rng_log = math.log(p.get("range_ratio", 2.0))
+    spikes = []
+    for d in ih:
+        d = int(d)
         lo = int(starts[d])
         hi = int(starts[d + 1]) if d + 1 < nd else n
         k = lo + int(np.argmax(y[lo:hi]))
+        others = np.delete(order, int(np.searchsorted(-order, -y[k])))  # drop one copy of y[k]
+        if len(others) < kc:
+            continue
+        ref = float(others[kc - 1])
+        if y[k] - ref <= rng_log:
+            continue
+        spikes.append((d, k, ref))
+    if spikes:
+        d, k, ref = spikes[0]
         step = int(steps[k])
-        count = int((mx - prev >= iso_thr).sum())
         return [p.finding(f"Gradient norm spiked x{fmt(math.exp(y[k] - prev[d]))} at step {step} "
                           "(isolated)", severity=sev, step=step, step_range=[step, step],
                           evidence=[f"{g.name} {fmt(math.exp(y[k]))} at step {step}, median "
                                     f"{fmt(math.exp(prev[d]))} before it; back to its level right after",
-                                    f"{count} such isolated point(s) in the run"],
-                          extra={"series": g.name, "change_points": [step]})]
+                                    f"x{fmt(math.exp(y[k] - ref))} above the run's own recurring upper "
+                                    f"level ({fmt(math.exp(ref))}: {kc} other points reach it)",
+                                    f"{len(spikes)} such isolated point(s) in the run"],
+                          extra={"series": g.name, "change_points": [int(steps[s[1]]) for s in spikes]})]
     return []
