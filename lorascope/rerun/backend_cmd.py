@@ -6,11 +6,17 @@ LLaMA-Factory / HF, TOML for kohya / lora-scripts, JSON for HF argument dumps) w
 
 * the fix, each normalized key mapped back to the key the trainer spells (the original
   key when the file has it, else the layout's name for it);
+* data fixes (``exclude_files``, see :mod:`lorascope.rerun.data_fix`): the trainer's image
+  folder (``train_data_dir``, or a dataset TOML's ``image_dir``) replaced by a filtered
+  copy under --out, the original never touched;
 * resume settings: HF / LLaMA-Factory ``resume_from_checkpoint`` pointing at a sanitised
   copy of the checkpoint under --out (adapter + trainer_state.json only: no optimizer,
   scheduler or RNG pickles, so the fixed learning rate is not overwritten by the restored
   optimizer state; the trainer starts a fresh optimizer and scheduler). kohya:
-  ``resume`` when a ``*-state`` folder exists for that step, else ``network_weights``;
+  ``resume`` when a ``*-state`` folder exists for that step, else an adapter-only resume:
+  ``network_weights`` = the LoRA file saved at that step (``<name>-00000N.safetensors``)
+  and ``initial_step`` = that step (sd-scripts skips the steps already trained, so the
+  logged steps continue); with no save before the symptom, training starts from scratch;
 * a new ``output_dir`` / ``logging_dir`` under --out, and ``max_steps`` /
   ``max_train_steps`` set to the window's end (epochs removed);
 * relative paths the run's config names (base model, dataset dir, ...) made absolute.
@@ -142,11 +148,15 @@ def _absolutize(doc: dict, keys: tuple[str, ...], bases: list[Path]) -> None:
 
 def patch_config(run, plan: Plan, fix: dict[str, Any], out_dir: Path) -> Path:
     """Write the run's config, patched for this replay, into out_dir; return its path."""
+    from lorascope.rerun.data_fix import DATA_FIX_KEYS, apply_exclude_files
+
     src, rel = _config_source(run)
     doc = _load(src)
     kohya = src.suffix.lower() == ".toml"
     table = KOHYA_KEYS if kohya else HF_KEYS
     for key, value in fix.items():
+        if key in DATA_FIX_KEYS:
+            continue
         o = run.config.origins.get(key)
         if o is not None and o.file == rel:
             _set(doc, o.orig_key, value)
@@ -164,6 +174,9 @@ def patch_config(run, plan: Plan, fix: dict[str, Any], out_dir: Path) -> Path:
     bases = [src.parent, Path(run.path), Path.cwd()]
     _absolutize(doc, PATH_KEYS_KOHYA if kohya else PATH_KEYS_HF, bases)
     out_dir = Path(out_dir).resolve()
+    if fix.get("exclude_files"):
+        apply_exclude_files(run, doc, src, rel, [str(f) for f in fix["exclude_files"]],
+                            out_dir, _find_key, _set)
     if kohya:
         _set(doc, _find_key(doc, "output_dir") or "output_dir", str(out_dir))
         _set(doc, _find_key(doc, "logging_dir") or "logging_dir", str(out_dir / "logs"))
@@ -174,8 +187,13 @@ def patch_config(run, plan: Plan, fix: dict[str, Any], out_dir: Path) -> Path:
             if state is not None:
                 _set(doc, _find_key(doc, "resume") or "resume", str(state))
             else:
+                ck = plan.checkpoint.path
+                if ck.is_dir():          # an HF-style folder: its adapter file, if any
+                    cands = sorted(ck.glob("*.safetensors"))
+                    ck = cands[0] if cands else ck
                 _set(doc, _find_key(doc, "network_weights") or "network_weights",
-                     str(plan.checkpoint.path.resolve()))
+                     str(ck.resolve()))
+                _set(doc, _find_key(doc, "initial_step") or "initial_step", plan.start)
     else:
         _set(doc, "output_dir", str(out_dir))
         _set(doc, "logging_dir", str(out_dir / "runs"))

@@ -74,6 +74,15 @@ def execute(run_dir: str, *, from_step=None, steps=None, device="auto", out=None
         from lorascope.rerun import backend_hf
         from lorascope.rerun.plan import base_model_path
         dev = backend_hf.pick_device(device)
+        if plan.checkpoint is not None and plan.checkpoint.kind != "peft-dir":
+            raise RerunError(f"the checkpoint before the symptom is a LoRA file "
+                             f"({plan.checkpoint.path.name}); the built-in backend resumes "
+                             f"HF/PEFT checkpoint folders only: use --cmd with your trainer")
+        from lorascope.rerun.data_fix import DATA_FIX_KEYS
+        if any(k in plan.fix for k in DATA_FIX_KEYS):
+            raise RerunError(f"the fix ({', '.join(k for k in plan.fix if k in DATA_FIX_KEYS)}) "
+                             f"changes the dataset; the built-in backend does not apply data "
+                             f"fixes: use --cmd with your trainer")
         base_model_path(a.run, plan)            # fail early: exit 2 before any training
         backend_hf.dataset_paths(a.run)
 
@@ -101,10 +110,21 @@ def execute(run_dir: str, *, from_step=None, steps=None, device="auto", out=None
         failed = True
         click.echo(f"lorascope: fixed replay failed: {fixed_res.error}", err=True)
     # each replay must start where the original run was (same weights, same batch)
+    # (a data fix changes the batches, so the fixed replay cannot match the original there)
+    from lorascope.rerun.data_fix import DATA_FIX_KEYS
+    data_fix = [k for k in plan.fix if k in DATA_FIX_KEYS]
     orig_loss = a.run.primary("train_loss")
     repro = []
     for label, an in (("baseline", base_an), ("fixed", fixed_an)):
         if an is None:
+            continue
+        if label == "fixed" and data_fix:
+            r = verify.Reproduction(label, None, note=f"the fix ({', '.join(data_fix)}) changes "
+                                    f"the training data, so the replay's batches differ from "
+                                    f"the original's (run with --baseline to check the replay "
+                                    f"pipeline)")
+            repro.append(r)
+            click.echo(f"lorascope: {r.reason()}", err=True)
             continue
         r = verify.check_reproduction(orig_loss, an.run.primary("train_loss"), plan.start, label)
         repro.append(r)

@@ -17,6 +17,7 @@ from lorascope.model import SEVERITY_ORDER, Finding
 MIN_LOG_INTERVALS = 5          # the margin after the symptom covers at least this many logs
 MARGIN_FRAC = 0.2              # ... and this share of the replayed window
 CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
+MAX_SAFETENSORS_LOOKED_AT = 500   # kohya files whose header is read while planning
 
 
 class RerunError(Exception):
@@ -27,7 +28,7 @@ class RerunError(Exception):
 class CheckpointRef:
     step: int
     path: Path                 # the checkpoint-N directory (HF/PEFT) or safetensors file
-    kind: str = "peft-dir"     # peft-dir | safetensors
+    kind: str = "peft-dir"     # peft-dir | safetensors (a kohya LoRA file: adapter weights only)
 
 
 @dataclass
@@ -82,12 +83,35 @@ def choose_diagnosis(findings: list[Finding], rule_id: str | None = None) -> Fin
 
 # -- checkpoints ----------------------------------------------------------------------
 
+def kohya_file_step(path: Path) -> int | None:
+    """The optimizer step a kohya LoRA file was saved at: its ``ss_steps`` metadata
+    (train_network.py writes the global step there on every save), else None. Only the
+    file's header is read."""
+    try:
+        from safetensors import safe_open
+        with safe_open(str(path), framework="numpy") as fh:
+            meta = fh.metadata() or {}
+    except Exception:           # not a safetensors file, truncated header, ...
+        return None
+    v = str(meta.get("ss_steps", "")).strip()
+    if not v.isdigit() or len(v) > 12:
+        return None
+    step = int(v)
+    return step if step > 0 else None
+
+
 def find_checkpoints(run_dir: Path) -> list[CheckpointRef]:
-    """HF `checkpoint-N/` directories holding a PEFT adapter (adapter_model.safetensors +
-    adapter_config.json), at any depth up to 3, sorted by step."""
+    """Checkpoints the run saved, at any depth up to 3, sorted by step: HF
+    `checkpoint-N/` directories holding a PEFT adapter (adapter_model.safetensors +
+    adapter_config.json), and kohya LoRA files (`<name>-00000N.safetensors`,
+    `<name>.safetensors`) whose ``ss_steps`` metadata gives the step they were saved at
+    (adapter weights only: kind "safetensors"). A directory wins over a file of the
+    same step."""
     out: dict[int, CheckpointRef] = {}
+    files: dict[int, CheckpointRef] = {}
+    looked = 0
     run_dir = Path(run_dir)
-    for root, dirs, _files in os.walk(run_dir):
+    for root, dirs, names in os.walk(run_dir):
         depth = len(Path(root).relative_to(run_dir).parts)
         if depth >= 3:
             dirs[:] = []
@@ -99,6 +123,20 @@ def find_checkpoints(run_dir: Path) -> list[CheckpointRef]:
             if (p / "adapter_model.safetensors").is_file() and (p / "adapter_config.json").is_file():
                 step = int(m.group(1))
                 out.setdefault(step, CheckpointRef(step, p))
+        if CKPT_RE.match(Path(root).name) or depth > 3:
+            continue
+        for n in sorted(names):
+            if not n.lower().endswith(".safetensors") or looked >= MAX_SAFETENSORS_LOOKED_AT:
+                continue
+            p = Path(root) / n
+            if not p.is_file():
+                continue
+            looked += 1
+            step = kohya_file_step(p)
+            if step is not None:
+                files.setdefault(step, CheckpointRef(step, p, kind="safetensors"))
+    for step, ref in files.items():
+        out.setdefault(step, ref)
     return [out[s] for s in sorted(out)]
 
 
