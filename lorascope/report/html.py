@@ -116,8 +116,18 @@ def flagged_images(run, findings) -> list[dict]:
 
 
 def fix_diff(run, fix: dict) -> list[dict]:
+    from lorascope.report.text import fmt_fix_value
     rows = []
     for k, v in fix.items():
+        if k == "exclude_files":
+            # a data fix: the trainer's image folder, minus these files (rerun --fix trains
+            # on a filtered copy of it)
+            origin = run.config.origins.get("train_data_dir")
+            where = (f"{origin.file}: {origin.orig_key} = {run.config.get('train_data_dir')}"
+                     if origin else "the dataset")
+            rows.append({"key": k, "old": "none", "new": fmt_fix_value(v, limit=10),
+                         "where": f"{where} (rerun --fix trains on a copy without these files)"})
+            continue
         origin = run.config.origins.get(k)
         rows.append({"key": k, "old": _fmt(run.config.get(k)), "new": _fmt(v),
                      "where": f"{origin.file}: {origin.orig_key}" if origin else "not set in any config"})

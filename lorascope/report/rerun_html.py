@@ -53,7 +53,8 @@ def _after(series, start: int):
 
 def story(doc: dict, reproduction=()) -> str:
     bad = [r for r in reproduction if r.ok is False]
-    fix = ", ".join(f"{k} = {v}" for k, v in doc["applied_fix"].items())
+    from lorascope.report.text import fmt_fix
+    fix = fmt_fix(doc["applied_fix"], eq=" = ")
     rule, onset = doc["diagnosis"]["rule"], doc["diagnosis"]["step"]
     if bad:
         return (f"Inconclusive: {bad[0].reason()}. The replays cannot tell whether {fix} "

@@ -10,8 +10,22 @@ COLORS = {"critical": "red", "warning": "yellow", "info": "cyan",
 ICONS = {"critical": "✗", "warning": "!", "info": "i"}
 
 
-def _fmt_fix(fix: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in fix.items())
+def fmt_fix_value(v, limit: int = 5) -> str:
+    """A fix value for people: a list (exclude_files) as its first items, comma-separated,
+    and how many more; anything else as str()."""
+    if isinstance(v, (list, tuple)):
+        shown = ", ".join(str(x) for x in v[:limit])
+        return shown + (f" (+{len(v) - limit} more)" if len(v) > limit else "") if v else "none"
+    return str(v)
+
+
+def fmt_fix(fix: dict, eq: str = "=") -> str:
+    """`learning_rate=0.0001, max_grad_norm=1.0`; list values read
+    `exclude_files: a.png, b.png` and the entries are then joined with `; `."""
+    lists = any(isinstance(v, (list, tuple)) for v in fix.values())
+    parts = [f"{k}: {fmt_fix_value(v)}" if isinstance(v, (list, tuple)) else f"{k}{eq}{v}"
+             for k, v in fix.items()]
+    return ("; " if lists else ", ").join(parts)
 
 
 def render_text(doc: dict, color: bool = False, html_path: str | None = None) -> str:
@@ -47,7 +61,7 @@ def render_text(doc: dict, color: bool = False, html_path: str | None = None) ->
         for c in f["causes"][:3]:
             lines.append(f"      cause ({c['confidence']:.0%}): [{c['rule']}] {c['text']}")
         if f["fix"]:
-            lines.append(st(f"      fix: {_fmt_fix(f['fix'])}", "healthy"))
+            lines.append(st(f"      fix: {fmt_fix(f['fix'])}", "healthy"))
         if f["files"]:
             shown = ", ".join(f["files"][:5])
             more = f" (+{len(f['files']) - 5} more)" if len(f["files"]) > 5 else ""

@@ -143,7 +143,8 @@ def render_text(doc: dict, html: str | None = None, reproduction=()) -> str:
     rf = doc["resumed_from"]
     lines.append(f"  resumed from: {rf['checkpoint'] or 'scratch (base model, new adapter)'} "
                  f"at step {rf['step']}")
-    lines.append("  applied fix:  " + ", ".join(f"{k}={v}" for k, v in doc["applied_fix"].items()))
+    from lorascope.report.text import fmt_fix
+    lines.append("  applied fix:  " + fmt_fix(doc["applied_fix"]))
     lines.append(f"  device:       {doc['device']}")
     if doc["baseline"] is not None:
         b = doc["baseline"]

@@ -1,0 +1,127 @@
+"""Data fixes: `exclude_files` trains on a filtered copy of the dataset, never the original."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from helpers import fixture_run, lorascope, tree_digest
+from lorascope.rerun.data_fix import filter_image_dir
+from lorascope.rerun.plan import RerunError, find_checkpoints
+
+TRAINER = Path(__file__).resolve().parents[1] / "trainers" / "sd_train.py"
+
+
+def _images(root: Path, names: list[str]) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    for i, n in enumerate(names):
+        (root / n).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (16, 16), (10 * i, 100, 200)).save(root / n)
+
+
+def test_filter_drops_files_rows_and_sidecars_and_links_the_rest(tmp_path):
+    src = tmp_path / "ds"
+    _images(src, ["a.png", "b.png", "c.png", "sub/d.png"])
+    (src / "b.txt").write_text("caption of b", encoding="utf-8")
+    (src / "b.npz").write_bytes(b"latents")
+    (src / "a.txt").write_text("caption of a", encoding="utf-8")
+    # BOM, CRLF and a quoted caption holding a comma and a newline survive the rewrite
+    (src / "metadata.csv").write_bytes(
+        "file_name,text\r\na.png,\"a, red\r\nsquare\"\r\nb.png,black\r\n./c.png,c\r\n"
+        "sub/d.png,d\r\n".encode("utf-8-sig"))
+    before = tree_digest(src)
+    rep = filter_image_dir(src, tmp_path / "out", {"b.png", "sub/d.png"})
+    dst = tmp_path / "out"
+    assert tree_digest(src) == before                       # the original is untouched
+    assert sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*") if p.is_file()) == [
+        "a.png", "a.txt", "c.png", "metadata.csv"]
+    raw = (dst / "metadata.csv").read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbf")
+    assert raw.decode("utf-8-sig") == "file_name,text\r\na.png,\"a, red\r\nsquare\"\r\n./c.png,c\r\n"
+    assert rep.dropped_rows == 2 and sorted(rep.dropped) == ["b.npz", "b.png", "b.txt", "sub/d.png"]
+    # kept files are links to the originals (hard links on one file system), not copies
+    assert rep.linked + rep.symlinked == 3 and rep.copied == 1       # the rewritten CSV
+    assert (dst / "a.png").read_bytes() == (src / "a.png").read_bytes()
+    if rep.linked:
+        assert os.path.samefile(dst / "a.png", src / "a.png")
+    with pytest.raises(RerunError, match="already exists"):
+        filter_image_dir(src, dst, set())
+
+
+def test_kohya_lora_files_are_checkpoints_at_their_saved_step(tmp_path):
+    run = fixture_run("sd-nan-degenerate")
+    cks = find_checkpoints(run)
+    assert [(c.step, c.path.name, c.kind) for c in cks] == [
+        (126, "shapesdemo-000002.safetensors", "safetensors"),
+        (252, "shapesdemo-000004.safetensors", "safetensors"),
+        (315, "shapesdemo.safetensors", "safetensors")]       # models/base.safetensors: no ss_steps
+
+
+@pytest.mark.parametrize("name,file", [("sd-nan-degenerate", "dataset/image_024.png"),
+                                       ("sd-corrupt-jpeg", "dataset/image_013.jpg")])
+def test_analyze_offers_exclude_files(name, file):
+    r = lorascope("analyze", fixture_run(name), "--format", "json", "--no-html")
+    doc = json.loads(r.stdout)
+    rule = "data.degenerate_image" if "nan" in name else "data.corrupt_image"
+    f = next(f for f in doc["findings"] if f["rule"] == rule)
+    assert f["fix"] == {"exclude_files": [file]}
+    if "nan" in name:
+        nan = next(f for f in doc["findings"] if f["rule"] == "loss.nonfinite")
+        assert nan["causes"][0]["rule"] == rule and nan["fix"] == {"exclude_files": [file]}
+    text = lorascope("analyze", fixture_run(name), "--no-html").stdout
+    assert f"fix: exclude_files: {file}" in text
+
+
+@pytest.mark.slow
+def test_rerun_without_the_black_image_is_fixed(tmp_path):
+    run = fixture_run("sd-nan-degenerate")
+    before = tree_digest(run)
+    out = tmp_path / "out"
+    r = lorascope("rerun", run, "--fix", "--cmd", f"{sys.executable} {TRAINER} {{config}}",
+                  "--format", "json", "--out", out)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["diagnosis"] == {"rule": "loss.nonfinite", "step": 6}
+    assert doc["applied_fix"] == {"exclude_files": ["dataset/image_024.png"]}
+    # no LoRA file was saved before step 6 (the first is at 126): replayed from scratch
+    assert doc["resumed_from"] == {"checkpoint": None, "step": 0}
+    assert doc["fixed"]["findings"] == [] and doc["verdict"] == "fixed"
+    assert tree_digest(run) == before                       # the original run untouched
+    fixed = out / "sd-nan-degenerate-fixed"
+    ds = fixed / "_data" / "0-dataset"
+    assert not (ds / "image_024.png").exists() and (ds / "image_023.png").is_file()
+    assert "image_024.png" not in (ds / "metadata.csv").read_text(encoding="utf-8")
+    cfg = (fixed / "lorascope-rerun-config.toml").read_text(encoding="utf-8")
+    assert f'train_data_dir = "{ds.resolve()}"' in cfg
+    # the replay trained on 24 images and its loss stayed finite through step 315
+    a = json.loads(lorascope("analyze", fixed, "--format", "json", "--no-html").stdout)
+    loss = next(s for s in a["series"] if s["name"] == "loss/current")
+    assert loss["last_step"] == 315 and loss["nonfinite"] == 0
+    assert "found directory" in (fixed / "train.log").read_text(encoding="utf-8")
+    assert "contains 24 image files" in (fixed / "train.log").read_text(encoding="utf-8")
+
+
+def test_list_valued_fix_reads_well_in_text_and_html_and_stays_a_list_in_json():
+    from lorascope.model import Config, ConfigValue, Finding, Run
+    from lorascope.report.html import fix_diff
+    from lorascope.report.text import fmt_fix
+
+    files = [f"dataset/{i:03d}.png" for i in range(7)]
+    assert fmt_fix({"exclude_files": files[:1]}) == "exclude_files: dataset/000.png"
+    assert fmt_fix({"exclude_files": files, "learning_rate": 1e-4}) == (
+        "exclude_files: dataset/000.png, dataset/001.png, dataset/002.png, dataset/003.png, "
+        "dataset/004.png (+2 more); learning_rate=0.0001")
+    assert fmt_fix({"learning_rate": 1e-4, "max_grad_norm": 1.0}) == \
+        "learning_rate=0.0001, max_grad_norm=1.0"
+    cfg = Config(values={"train_data_dir": "./dataset"},
+                 origins={"train_data_dir": ConfigValue("train_data_dir", "./dataset",
+                                                        "config.toml", "train_data_dir")})
+    row, = fix_diff(Run(path="r", name="r", config=cfg), {"exclude_files": files[:2]})
+    assert (row["old"], row["new"]) == ("none", "dataset/000.png, dataset/001.png")
+    assert row["where"].startswith("config.toml: train_data_dir = ./dataset")
+    f = Finding("data.corrupt_image", "critical", "t", fix={"exclude_files": files[:2]})
+    assert f.to_json()["fix"] == {"exclude_files": files[:2]}
