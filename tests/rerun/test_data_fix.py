@@ -125,3 +125,20 @@ def test_list_valued_fix_reads_well_in_text_and_html_and_stays_a_list_in_json():
     assert row["where"].startswith("config.toml: train_data_dir = ./dataset")
     f = Finding("data.corrupt_image", "critical", "t", fix={"exclude_files": files[:2]})
     assert f.to_json()["fix"] == {"exclude_files": files[:2]}
+
+
+@pytest.mark.slow
+def test_kohya_adapter_only_resume_continues_the_original_run(tmp_path):
+    """From the LoRA file saved at step 120 (network_weights + initial_step): the first
+    replayed step runs the saved adapter on the original's batch, so it logs its loss."""
+    run = fixture_run("sd-lr-spike")
+    out = tmp_path / "out"
+    r = lorascope("rerun", run, "--fix", "--cmd", f"{sys.executable} {TRAINER} {{config}}",
+                  "--format", "json", "--out", out, "--from-step", "120", "--steps", "10")
+    doc = json.loads(r.stdout)
+    assert doc["resumed_from"]["step"] == 120
+    assert doc["resumed_from"]["checkpoint"].endswith("output/shapesdemo-000002.safetensors")
+    assert doc["fixed"]["steps"] == [120, 130]
+    cfg = (out / "sd-lr-spike-fixed" / "lorascope-rerun-config.toml").read_text(encoding="utf-8")
+    assert "initial_step = 120" in cfg and "shapesdemo-000002.safetensors" in cfg
+    assert "the fixed replay reproduces the original run at step 121" in r.stderr
