@@ -177,11 +177,12 @@ def _restarts(r: RawSeries) -> list[int]:
     s = r.steps
     if len(s) < 3:
         return []
-    back = np.nonzero(np.diff(s) < 0)[0] + 1
+    d = np.diff(s.astype(np.float64))      # float: steps near the int64 limits must not wrap
+    back = np.nonzero(d < 0)[0] + 1
     if not len(back):
         return []
-    first, span = int(s.min()), int(s.max() - s.min())
-    interval = max(1, int(np.median(np.abs(np.diff(s)))))
+    first, span = int(s.min()), int(s.max()) - int(s.min())
+    interval = max(1, int(min(np.median(np.abs(d)), 2 ** 62)))
     near_start = first + max(2 * interval, span // 20)
     return [int(i) for i in back if s[i] <= near_start and s[i - 1] > near_start]
 
