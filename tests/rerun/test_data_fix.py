@@ -142,3 +142,49 @@ def test_kohya_adapter_only_resume_continues_the_original_run(tmp_path):
     cfg = (out / "sd-lr-spike-fixed" / "lorascope-rerun-config.toml").read_text(encoding="utf-8")
     assert "initial_step = 120" in cfg and "shapesdemo-000002.safetensors" in cfg
     assert "the fixed replay reproduces the original run at step 121" in r.stderr
+
+
+def test_dataset_toml_image_dir_is_pointed_at_the_filtered_copy(tmp_path):
+    """kohya `dataset_config`: the subset's image_dir (found through Config.origins) is
+    replaced in a patched copy of the dataset TOML; the run's files stay as they were."""
+    import tomllib
+
+    import numpy as np
+    import tomli_w
+
+    from lorascope.analyze import analyze
+    from lorascope.rerun.backend_cmd import patch_config
+    from lorascope.rerun.plan import Plan
+
+    run = tmp_path / "run"
+    rng = np.random.default_rng(0)
+    (run / "img").mkdir(parents=True)
+    for i in range(12):
+        Image.fromarray((rng.random((32, 32, 3)) * 255).astype("uint8")).save(run / "img" / f"{i:02d}.png")
+        (run / "img" / f"{i:02d}.txt").write_text(f"a photo of thing {i}", encoding="utf-8")
+    Image.new("RGB", (32, 32)).save(run / "img" / "black.png")
+    (run / "img" / "black.txt").write_text("a black frame", encoding="utf-8")
+    (run / "config.toml").write_text(tomli_w.dumps({
+        "pretrained_model_name_or_path": "model.safetensors", "dataset_config": "dataset.toml",
+        "output_dir": "out", "learning_rate": 1e-4, "network_dim": 4, "max_train_epochs": 2}))
+    (run / "dataset.toml").write_text(tomli_w.dumps({
+        "general": {"caption_extension": ".txt"},
+        "datasets": [{"resolution": 512, "batch_size": 2,
+                      "subsets": [{"image_dir": "img", "num_repeats": 2}]}]}))
+    before = tree_digest(run)
+    a = analyze(str(run))
+    f = next(f for f in a.findings if f.rule == "data.degenerate_image")
+    assert f.fix == {"exclude_files": ["img/black.png"]}
+    plan = Plan(run_dir=run, run_name="run", rule=f.rule, onset=1, symptom_end=1,
+                checkpoint=None, start=0, end=20, fix=dict(f.fix), planned=None)
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg_path = patch_config(a.run, plan, plan.fix, out)
+    cfg = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
+    ds_cfg = tomllib.loads(Path(cfg["dataset_config"]).read_text(encoding="utf-8"))
+    image_dir = Path(ds_cfg["datasets"][0]["subsets"][0]["image_dir"])
+    assert image_dir.is_relative_to(out.resolve())
+    assert sorted(p.name for p in image_dir.iterdir()) == sorted(
+        p.name for p in (run / "img").iterdir() if p.stem != "black")
+    assert "exclude_files" not in cfg and cfg["max_train_steps"] == 20
+    assert tree_digest(run) == before
