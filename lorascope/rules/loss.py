@@ -147,6 +147,7 @@ class Jump:
     end_ds: int         # end (exclusive, downsampled) of the after segment
     n_after: int        # full-resolution points in the after segment
     n_before: int
+    last_ds: int = -1   # the transition's last change point (downsampled; == ds for one)
 
 
 def level_jumps(cur: Curve, beta: float, min_points: int = 1) -> list[Jump]:
@@ -196,7 +197,7 @@ def level_jumps(cur: Curve, beta: float, min_points: int = 1) -> list[Jump]:
         n_before = cur.full_index(b) - cur.full_index(bounds[j])
         k = cur.refine(b, up=after > before)
         out.append(Jump(b, k, int(cur.steps[k]), before, after, after - before, va - vb,
-                        (after - before) / max(se, 1e-12), end, n_after, n_before))
+                        (after - before) / max(se, 1e-12), end, n_after, n_before, e))
     return out
 
 
@@ -219,6 +220,43 @@ def _spike_candidates(cur: Curve, run: Run, p: Params) -> list[Jump]:
         if cur.mode == "log" and g > 1 and abs(jp.j_med - math.log(g)) < math.log(1.15):
             continue   # logging switched to loss * grad_accum: a scale change, not a spike
         out.append(jp)
+    return out
+
+
+# loss.spike's catalog thresholds, for the rules that set spikes aside (oscillation, epoch_jump)
+_DEFAULT_SPIKE = Params("loss.spike", {"params": {"min_ratio": 2.0, "min_abs_jump": 0.5, "min_z": 6.0,
+                                                  "min_points": 3, "min_rel_init": 0.05,
+                                                  "cp_penalty": 4.0}})
+
+
+def disturbed_stretches(cur: Curve, run: Run, bounds: list[int], tol: int) -> list[tuple[int, int]]:
+    """[start, end) full-resolution index ranges disturbed by a loss spike that does not
+    start at an epoch boundary: from the first change point of the jump through the short
+    segments that follow it (a spike is wild for a while: up, higher, down, up again) until
+    the loss holds one level for a while again (a segment of ``max(3 * min_points, n/50)``
+    points; the stretch ends at most ``n/20`` points after the jump's last change point)."""
+    cands = _spike_candidates(cur, run, _DEFAULT_SPIKE)
+    if not cands:
+        return []
+    cps = cur.cps(_DEFAULT_SPIKE["cp_penalty"])
+    n_ds = len(cur.ds_y)
+    edges = cps + [n_ds]
+
+    def full(d: int) -> int:
+        return cur.full_index(d) if d < n_ds else cur.n
+
+    settle_len = max(3 * int(_DEFAULT_SPIKE["min_points"]), cur.n // 50)
+    out = []
+    for jp in cands:
+        if bounds and min(abs(jp.step - b) for b in bounds) <= tol:
+            continue           # a jump at a boundary is what epoch_jump measures
+        last = jp.last_ds if jp.last_ds >= 0 else jp.ds
+        t = edges.index(last) if last in edges else len(edges) - 1
+        cap = full(last) + max(settle_len, cur.n // 20)
+        while t + 1 < len(edges) and full(edges[t + 1]) - full(edges[t]) < settle_len \
+                and full(edges[t + 1]) <= cap:
+            t += 1
+        out.append((min(full(jp.ds), jp.idx), full(edges[t])))
     return out
 
 
@@ -566,6 +604,20 @@ def oscillation_stats(cur: Curve, min_cycles: int, run: Run | None = None):
     return best + (lo, hi)
 
 
+def _wave_matches_epochs(cur: Curve, run: Run, crossings: int, lo: int, hi: int) -> bool:
+    """A staircase at epoch boundaries leaves waves of the epoch's period (or of half of
+    it) in the residual of a moving-average trend; waves far faster or slower than that
+    are an oscillation of their own, whatever the epoch test says."""
+    bounds = sorted(run.epoch_boundaries)
+    if len(bounds) < 1 or crossings < 2 or len(cur.ds_steps) < 2:
+        return True
+    per_pt = float(np.median(np.diff(cur.ds_steps)))
+    epoch = (float(np.median(np.diff(bounds))) if len(bounds) >= 2
+             else float(bounds[0] - cur.ds_steps[0]))
+    period = 2.0 * (hi - lo) * per_pt / crossings     # steps per wave
+    return 0.35 * epoch <= period <= 2.0 * epoch
+
+
 @rule("loss.oscillation", needs=("train_loss",))
 def loss_oscillation(run: Run, p: Params) -> list[Finding]:
     """The training loss swings far more than its trend and its noise explain.
@@ -574,7 +626,9 @@ def loss_oscillation(run: Run, p: Params) -> list[Finding]:
     Slow, repeated swings around the trend: the smoothed residual around a moving-average
     trend (several widths are tried) is at least `min_noise_ratio` times the point-to-point
     noise, at least `min_swing` in relative size, and crosses the trend at least
-    `min_cycles` times up and down. Losses near zero or negative are not judged.
+    `min_cycles` times up and down. Losses near zero or negative are not judged. Waves
+    with about the epoch's period (a third of it to twice it) are left to
+    `loss.epoch_jump` when that fires.
 
     ## Why it matters
     A loss that rises and falls by large amounts in waves usually means the learning rate is
@@ -596,17 +650,15 @@ def loss_oscillation(run: Run, p: Params) -> list[Finding]:
     st = oscillation_stats(cur, p["min_cycles"], run)
     if st is None:
         return []
-    ej = epoch_analysis(cur, run, params_for_epoch(p))
-    if ej is not None and ej["fires"]:
-        return []      # a staircase at epoch boundaries: loss.epoch_jump reports it
     score, amp, crossings, W, lo, hi = st
+    ej = epoch_analysis(cur, run, params_for_epoch(p))
+    if ej is not None and ej["fires"] and _wave_matches_epochs(cur, run, crossings, lo, hi):
+        return []      # a staircase at epoch boundaries: loss.epoch_jump reports it
     if score < p["min_noise_ratio"] or amp < math.log1p(p["min_swing"]):
         return []
     # a jump of the level far larger than the swings leaves waves in the residual of a
     # moving-average trend: that is loss.spike's finding, not an oscillation
-    sp = Params("loss.spike", {"params": {"min_ratio": 2.0, "min_abs_jump": 0.5, "min_z": 6.0,
-                                          "min_points": 3, "min_rel_init": 0.05, "cp_penalty": 4.0}})
-    if any(c.j_med > 4 * amp for c in _spike_candidates(cur, run, sp)):
+    if any(c.j_med > 4 * amp for c in _spike_candidates(cur, run, _DEFAULT_SPIKE)):
         return []
     first, last = int(cur.steps[0]), int(cur.steps[-1])
     start = int(cur.ds_steps[lo])
@@ -637,18 +689,49 @@ def epoch_analysis(cur: Curve, run: Run, q: dict) -> dict | None:
     y = cur.y
     x = st.astype(float)
 
+    span = _span(cur)
+    tol = max(int(0.01 * span), int(np.median(np.diff(st))) if cur.n > 1 else 1, 1)
+    # the stretch right after a spike is no epoch effect: a boundary inside it is not
+    # judged, and no window reaches into it
+    dist = disturbed_stretches(cur, run, bounds, tol)
+
     def jump_at(i: int, lo: int, hi: int):
+        for a, b in dist:
+            if a <= i < b:
+                return None
+            if b <= i:
+                lo = max(lo, b)
+            elif a > i:
+                hi = min(hi, a)
         side = min(i - lo, hi - i, 8000)
-        w = side // 2 if side >= 12 else side
-        if w < 3:
+        if side < 3:
             return None
         at = (x[i - 1] + x[i]) / 2
-        vb, sb = sg.linear_edge(x[i - w:i], y[i - w:i], at)
-        va, sa = sg.linear_edge(x[i:i + w], y[i:i + w], at)
+        vb, sb = edge(i - side, i, at)
+        va, sa = edge(i, i + side, at)
+        w = side
         j = va - vb
         se = max(math.hypot(sb, sa), 1e-12)
         sig = abs(j) >= zmin * se and (thr is None or abs(j) >= thr)
         return j, se, sig, w
+
+    def edge(a: int, b: int, at: float) -> tuple[float, float]:
+        """The level at ``at`` from a line through y[a:b] (one side of a boundary). The
+        line through every point of the side is the most precise, but where the curve
+        bends (an early decay) it misses the edge: then the line through the half of the
+        side nearest the boundary is used. The two disagree beyond their noise when the
+        far half bends the line (nested estimates: the variance of their difference is
+        about the difference of their variances)."""
+        m = b - a
+        vf, sf = sg.linear_edge(x[a:b], y[a:b], at)
+        if m < 12:
+            return vf, sf
+        h = m // 2
+        ha, hb = (b - h, b) if b <= at else (a, a + h)
+        vh, sh = sg.linear_edge(x[ha:hb], y[ha:hb], at)
+        if abs(vf - vh) > 1.0 * math.sqrt(max(sh * sh - sf * sf, 0.0)):
+            return vh, sh
+        return vf, sf
 
     # one boundary alone could be chance: ask more of it
     zmin = q["min_z"] * (1.5 if len(bounds) == 1 else 1.0)
@@ -690,11 +773,9 @@ def epoch_analysis(cur: Curve, run: Run, q: dict) -> dict | None:
                 and abs(z_ctrl) < 0.5 * q["min_z"]):
             fires, main = True, same
             ups = same if sign > 0 else []
-    span = _span(cur)
-    tol = max(int(0.01 * span), int(np.median(np.diff(st))) if cur.n > 1 else 1, 1)
     return {"fires": fires, "jumps": main, "all": res, "boundaries": bounds, "ctrl_sig": ctrl_sig,
             "z_pooled": z_all,
-            "tol": tol, "direction": "up" if main is ups else "down"}
+            "tol": tol, "direction": "up" if main is ups else "down", "disturbed": dist}
 
 
 def _running_average_artifact(cur: Curve, run: Run, name: str, bounds_idx: list[int]) -> bool:
@@ -727,6 +808,10 @@ def loss_epoch_jump(run: Run, p: Params) -> list[Finding]:
     boundary differs from the level just before (each side fitted with a line and
     extrapolated to the boundary) by at least `min_ratio` and `min_z` standard errors, in
     the same direction, while the same test at mid-epoch positions mostly finds nothing.
+    Each side's line runs through the whole neighbouring epoch, or through its half next
+    to the boundary where the curve bends (the two lines disagree beyond their noise).
+    The stretch right after a loss spike that starts between boundaries (until the loss
+    holds one level again) is not judged: a boundary inside it is the spike's aftermath.
     When the series is a running average that restarts each epoch (kohya's `loss/average`
     in some versions) the shift is a logging artifact and the finding is `artifact_severity`.
 

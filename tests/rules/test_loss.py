@@ -176,6 +176,26 @@ def test_spike_in_short_stages_without_recovery_is_one_spike():
     assert alarms("loss.oscillation", make_run(v, task="sd")) == []
 
 
+def test_epoch_boundary_inside_a_spike_is_not_an_epoch_jump():
+    # sd-lr-spike: the spike starts at 115, an epoch starts at 121 in the middle of it
+    # (7.5 before, 25 after); that is the spike's aftermath, not an epoch effect
+    rng = np.random.default_rng(0)
+    v = 0.2 * np.exp(rng.normal(0, 0.4, 300))
+    v[114:120] = [1.6, 0.9, 8.7, 1.9, 11.0, 7.5]
+    v[120:132] = [86, 24, 236, 25, 23, 27, 18, 40, 9, 1.0, 5.0, 0.95]
+    v[132:] = 1.0 * np.exp(rng.normal(0, 0.04, 168))
+    run = make_run(v, task="sd", bounds=[61, 121, 181, 241])
+    assert alarms("loss.epoch_jump", run) == []
+    (f,) = alarms("loss.spike", run)
+    assert 113 <= f.step <= 117
+    # the same spike between boundaries leaves a real staircase at the boundaries visible
+    w = v.copy()
+    for b in (60, 180, 240):
+        w[b:] *= 1.6
+    (g,) = alarms("loss.epoch_jump", make_run(w, task="sd", bounds=[61, 121, 181, 241]))
+    assert g.extra["direction"] == "up" and 121 not in g.extra["change_points"]
+
+
 def test_epoch_jump_pools_boundaries_that_are_each_below_the_noise():
     # each epoch falls, then jumps back up at the boundary by x1.8; the per-step noise is
     # so large that no single boundary is clear, but four in a row are
