@@ -103,3 +103,11 @@ def test_run_sources_are_reported_with_kinds():
     assert doc["run"]["trainer"] == "hf-trainer" and doc["run"]["task"] == "llm"
     assert doc["run"]["config"]["learning_rate"] == 0.25
     assert doc["run"]["config"]["lora_rank"] == 8 and doc["run"]["config"]["lora_alpha"] == 16
+
+
+def test_spike_aftermath_is_not_an_epoch_jump():
+    # sd-lr-spike: the spike starts at 115 and an epoch starts at 121 inside it; only the
+    # spike is reported
+    doc = analyze("sd-lr-spike")
+    assert [f["rule"] for f in doc["findings"] if f["rule"].startswith("loss.")
+            and f["severity"] != "info"] == ["loss.spike"]
