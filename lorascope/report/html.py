@@ -84,8 +84,14 @@ def _thumb(path: Path) -> str | None:
         return None
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+
+
 def flagged_images(run, findings) -> list[dict]:
-    """Dataset files named by data findings, with a thumbnail when they decode."""
+    """Dataset images named by data findings, with a thumbnail when they decode.
+
+    Only files inside the run directory or the dataset folder are opened; a name
+    that exists only under another letter case shows the file found on disk."""
     items = {}
     for ds in run.datasets:
         for it in ds.items:
@@ -97,21 +103,21 @@ def flagged_images(run, findings) -> list[dict]:
         if not f.rule.startswith("data."):
             continue
         for name in f.files:
-            if name in seen or len(out) >= MAX_THUMBS:
+            if name in seen or len(out) >= MAX_THUMBS or not name.lower().endswith(IMAGE_SUFFIXES):
                 continue
             seen.add(name)
-            ds_it = items.get(name)
-            caption = ds_it[1].caption if ds_it else None
+            ds, it = items.get(name, (None, None))
+            roots = [run_dir] + ([Path(ds.root).resolve()] if ds is not None else [])
+            p = run_dir / name
+            if it is not None and it.disk_name:
+                p = p.with_name(it.disk_name)
+            p = p.resolve()
             thumb = None
-            p = (run_dir / name).resolve()
-            inside = run_dir in p.parents
-            if ds_it is not None and not inside:
-                root = Path(ds_it[0].root).resolve()
-                inside = root in p.parents or (root / name).resolve().exists()
-            if inside and p.is_file() and p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"):
+            if any(r in p.parents for r in roots) and p.is_file():
                 thumb = _thumb(p)
-            out.append({"file": name, "rule": f.rule, "caption": caption, "thumb": thumb,
-                        "error": ds_it[1].error if ds_it else None})
+            out.append({"file": name, "rule": f.rule, "caption": it.caption if it else None,
+                        "thumb": thumb, "error": it.error if it else None,
+                        "disk_name": it.disk_name if it else None})
     return out
 
 
