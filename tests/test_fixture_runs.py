@@ -39,7 +39,7 @@ EXPECTED = [
     ("sd-nan-degenerate", "loss.nonfinite", "critical", None, None, "data.degenerate_image"),
     ("sd-nan-degenerate", "ckpt.nonfinite", "critical", None, None, None),
     ("sd-corrupt-jpeg", "data.corrupt_image", "critical", None, None, None),
-    ("sd-corrupt-jpeg", "run.incomplete", "warning", None, None, None),
+    ("sd-corrupt-jpeg", "run.incomplete", "warning", 184, 1, "data.corrupt_image"),
     ("sd-bad-metadata", "data.encoding", "warning", None, None, None),
     ("sd-bad-metadata", "data.case_mismatch", "critical", None, None, None),
     ("sd-bad-metadata", "data.missing_file", "critical", None, None, None),
@@ -111,3 +111,9 @@ def test_spike_aftermath_is_not_an_epoch_jump():
     doc = analyze("sd-lr-spike")
     assert [f["rule"] for f in doc["findings"] if f["rule"].startswith("loss.")
             and f["severity"] != "info"] == ["loss.spike"]
+
+
+def test_crash_cites_the_exception_and_its_fix_drops_the_corrupt_file():
+    f = finding(analyze("sd-corrupt-jpeg"), "run.incomplete")
+    assert any("OSError: image file is truncated" in e for e in f["evidence"])
+    assert f["fix"] == {"exclude_files": ["dataset/image_013.jpg"]}

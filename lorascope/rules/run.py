@@ -93,7 +93,9 @@ def run_incomplete(run: Run, p: Params) -> list[Finding]:
     tail = _tail_events(run)
     if tail and ev:
         e = tail[-1]
-        ev.append(f"{e.file}:{e.line}: {e.text}")
+        exc = e.data.get("exception") if e.kind == "traceback" else None
+        line = e.data.get("exception_line") or e.line
+        ev.append(f"{e.file}:{line}: {exc}" if exc else f"{e.file}:{e.line}: {e.text}")
         files.append(e.file)
     if not ev:
         return []
