@@ -128,3 +128,22 @@ class ProblemLog:
         if self.more:
             return self.kept + [f"... and {self.more} more problems of this kind"]
         return list(self.kept)
+
+
+def read_bounded(path: Path, problems: list[str], max_bytes: int) -> bytes | None:
+    """The whole file, or None with a problem noted: larger than ``max_bytes``,
+    unreadable, or empty. For small JSON documents read in one piece."""
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            problems.append(f"file is {size} bytes, larger than {max_bytes}: not read")
+            return None
+        raw = path.read_bytes()
+    except OSError as e:
+        problems.append(f"cannot read ({e.strerror or e})")
+        return None
+    if not raw.strip():
+        problems.append("empty file")
+        return None
+    return raw
+

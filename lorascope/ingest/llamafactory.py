@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from lorascope.ingest._lines import MAX_LINE, ProblemLog, ReadStats, iter_lines
+from lorascope.ingest._lines import MAX_LINE, ProblemLog, ReadStats, iter_lines, read_bounded
 from lorascope.ingest._lines import json_int as _int
 from lorascope.ingest._lines import json_number as _num
 from lorascope.model import Parsed, RawSeries, Source
@@ -136,17 +136,8 @@ def parse_results(path: Path, rel: str) -> Parsed:
     ``predict_only`` (only ``predict_*`` keys), ``results`` (every numeric key)."""
     src = Source(path=rel, kind="results")
     parsed = Parsed(source=src)
-    try:
-        size = path.stat().st_size
-        if size > MAX_RESULTS_BYTES:
-            src.problems.append(f"file is {size} bytes: too large for a results file, not read")
-            return parsed
-        raw = path.read_bytes()
-    except OSError as e:
-        src.problems.append(f"cannot read ({e.strerror or e})")
-        return parsed
-    if not raw.strip():
-        src.problems.append("empty file")
+    raw = read_bounded(path, src.problems, MAX_RESULTS_BYTES)
+    if raw is None:
         return parsed
     try:
         obj = json.loads(raw.decode("utf-8-sig", errors="replace"))

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from lorascope.ingest._lines import ProblemLog
+from lorascope.ingest._lines import ProblemLog, read_bounded
 from lorascope.ingest._lines import json_int as _int
 from lorascope.ingest._lines import json_number as _num
 from lorascope.model import ConfigValue, Parsed, RawSeries, Source
@@ -76,17 +76,8 @@ def parse(path: Path, rel: str) -> Parsed:
     m = CHECKPOINT_RE.search(rel)
     if m:
         parsed.facts["checkpoint_step"] = int(m.group(1))
-    try:
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            src.problems.append(f"file is {size} bytes, larger than {MAX_BYTES}: not read")
-            return parsed
-        raw = path.read_bytes()
-    except OSError as e:
-        src.problems.append(f"cannot read ({e.strerror or e})")
-        return parsed
-    if not raw.strip():
-        src.problems.append("empty file")
+    raw = read_bounded(path, src.problems, MAX_BYTES)
+    if raw is None:
         return parsed
     text = raw.decode("utf-8-sig", errors="replace")
     if "\ufffd" in text:
