@@ -187,6 +187,17 @@ def _restarts(r: RawSeries) -> list[int]:
     return [int(i) for i in back if s[i] <= near_start and s[i - 1] > near_start]
 
 
+def _copies(a: RawSeries, b: RawSeries) -> bool:
+    """One run's curve written by two writers (event file and trainer state, trainer
+    state and trainer_log.jsonl): equal values wherever both logged a step."""
+    common, ia, ib = np.intersect1d(a.steps, b.steps, return_indices=True)
+    if len(common) == 0:
+        return False
+    va, vb = a.values[ia], b.values[ib]
+    fin = np.isfinite(va) & np.isfinite(vb)
+    return bool(np.isclose(va[fin], vb[fin], rtol=2e-3, atol=1e-6).mean() >= 0.9) if fin.any() else True
+
+
 def detect_mixed(groups: dict[str, list[RawSeries]], states: list[Parsed]) -> list[str]:
     """Evidence that logs of several runs share this directory."""
     ev: list[str] = []
@@ -210,7 +221,8 @@ def detect_mixed(groups: dict[str, list[RawSeries]], states: list[Parsed]) -> li
                 # both start at the beginning: two runs (a resume starts later)
                 first = min(a0, b0)
                 interval = max(1, int(np.median(np.diff(np.sort(a.steps)))) if len(a.steps) > 1 else 1)
-                if abs(a0 - b0) <= interval and min(a1, b1) > first:
+                if abs(a0 - b0) <= interval and min(a1, b1) > first \
+                        and not _copies(a, b):
                     ev.append(f"{a.source} (steps {a0}-{a1}) and {b.source} (steps {b0}-{b1}) "
                               f"both start at step {first}: two runs in one log directory")
     plans = {}
@@ -288,8 +300,11 @@ def build_series(parsed: list[Parsed], facts: dict) -> list[Series]:
         for r in p.series:
             key = r.tag if p.source.kind == "tfevents" else f"{p.source.kind}:{r.tag}"
             groups.setdefault(key, []).append(r)
-    mixed = detect_mixed({k.split(":", 1)[-1]: v for k, v in groups.items()}
-                         | {"": []}, states)
+    by_tag: dict[str, list[RawSeries]] = {}
+    for raws in groups.values():
+        for r in raws:
+            by_tag.setdefault(r.tag, []).append(r)
+    mixed = detect_mixed(by_tag, states)
     # trainer states that disagree with the winner on the same steps are another run
     if winner is not None:
         wl = {r.tag: r for r in winner.series}
