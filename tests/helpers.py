@@ -76,3 +76,15 @@ def write_trainer_state(run_dir: Path, log_history, max_steps, global_step, **kw
 
 def load_json(text: str):
     return json.loads(text)
+
+
+def wild_file(rel: str) -> Path:
+    """A file of ../shared/wild-runs, or skip the test where that folder is absent."""
+    p = WILD / rel
+    if not p.is_file():
+        pytest.skip(f"{p} not present")
+    return p
+
+
+def series_by_tag(parsed) -> dict:
+    return {s.tag: s for s in parsed.series}

@@ -13,18 +13,9 @@ import pytest
 
 from lorascope.ingest.trainer_state import parse
 
-WILD = Path(__file__).resolve().parents[3] / "shared" / "wild-runs"
-
-
-def _wild(rel: str) -> Path:
-    p = WILD / rel
-    if not p.is_file():
-        pytest.skip(f"{p} not present")
-    return p
-
-
-def _series(parsed) -> dict:
-    return {s.tag: s for s in parsed.series}
+from helpers import WILD
+from helpers import series_by_tag as _series
+from helpers import wild_file as _wild
 
 
 def _state(log_history, **kw) -> dict:
