@@ -129,9 +129,6 @@ TRAINER_FILES = {"trainer_state.json", "adapter_config.json", "training_args.jso
                  "generation_config.json", "dataset_info.json", "predict_results.json"}
 
 
-_ANNOUNCED: set[Path] = set()
-
-
 def dataset_in_run(run_dir: Path) -> Path | None:
     """HF Trainer configs do not name the dataset (the script does): fall back to one
     alpaca / sharegpt JSON(L) file kept inside the run directory, `train` in its name
@@ -158,10 +155,8 @@ def dataset_paths(run) -> list[Path]:
         if found is None:
             raise RerunError("the run's config does not name its dataset (dataset_files) and the "
                              "run holds no single training JSON; use --cmd with your trainer")
-        if found not in _ANNOUNCED:
-            _ANNOUNCED.add(found)
-            print(f"lorascope: the config names no dataset; using {found} from the run directory",
-                  file=sys.stderr)
+        print(f"lorascope: the config names no dataset; using {found} from the run directory",
+              file=sys.stderr)
         return [found]
     out = []
     for f in files:
@@ -267,14 +262,15 @@ def pick_device(device: str) -> str:
 
 
 def replay(run, plan: Plan, fix: dict[str, Any], out_dir: Path, device: str,
-           label: str = "fixed") -> ReplayResult:
-    """Train the plan's window with `fix` applied into out_dir (a normal HF output dir)."""
+           label: str = "fixed", data_files: list[Path] | None = None) -> ReplayResult:
+    """Train the plan's window with `fix` applied into out_dir (a normal HF output dir).
+    `data_files`: the dataset as `dataset_paths(run)` resolved it (found anew when None)."""
     import time
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     res = ReplayResult(label=label, out_dir=out_dir, ok=False)
     try:
-        _train(run, plan, fix, out_dir, device, res)
+        _train(run, plan, fix, out_dir, device, res, data_files)
         res.ok = True
     except RerunError:
         raise
@@ -286,7 +282,8 @@ def replay(run, plan: Plan, fix: dict[str, Any], out_dir: Path, device: str,
     return res
 
 
-def _train(run, plan: Plan, fix, out_dir: Path, device: str, res: ReplayResult) -> None:
+def _train(run, plan: Plan, fix, out_dir: Path, device: str, res: ReplayResult,
+           data_files: list[Path] | None = None) -> None:
     try:
         import torch
         import transformers
@@ -297,7 +294,7 @@ def _train(run, plan: Plan, fix, out_dir: Path, device: str, res: ReplayResult) 
         raise RerunError(f"the built-in backend needs torch, transformers and peft: {e}") from None
 
     base = base_model_path(run, plan)
-    data_files = dataset_paths(run)
+    data_files = data_files or dataset_paths(run)
     s = settings(run, plan, fix)
     transformers.logging.set_verbosity_warning()
     set_seed(s["seed"])

@@ -84,31 +84,26 @@ def execute(run_dir: str, *, from_step=None, steps=None, device="auto", out=None
                              f"changes the dataset; the built-in backend does not apply data "
                              f"fixes: use --cmd with your trainer")
         base_model_path(a.run, plan)            # fail early: exit 2 before any training
-        backend_hf.dataset_paths(a.run)
+        data_files = backend_hf.dataset_paths(a.run)   # resolved once, for every replay
 
         def run_one(fix, label):
             return backend_hf.replay(a.run, plan, fix, _fresh_dir(out_root / f"{a.run.name}-{label}"),
-                                     dev, label=label)
+                                     dev, label=label, data_files=data_files)
 
-    base_res = base_rules = None
-    base_an = None
-    failed = False
+    def judge(fix, label):
+        """Replay, then the rules that fire in the window (None when training failed)."""
+        res = run_one(fix, label)
+        if not res.ok:
+            click.echo(f"lorascope: {label} replay failed: {res.error}", err=True)
+            return res, None, None
+        fs, an = verify.findings_in_window(res.out_dir, plan.start, plan.end, a.run)
+        return res, verify.unique_rules(fs), an
+
+    base_res = base_rules = base_an = None
     if baseline:
-        base_res = run_one({}, "baseline")
-        if base_res.ok:
-            fs, base_an = verify.findings_in_window(base_res.out_dir, plan.start, plan.end, a.run)
-            base_rules = verify.unique_rules(fs)
-        else:
-            failed = True
-            click.echo(f"lorascope: baseline replay failed: {base_res.error}", err=True)
-    fixed_res = run_one(plan.fix, "fixed")
-    fixed_rules = fixed_an = None
-    if fixed_res.ok:
-        fs, fixed_an = verify.findings_in_window(fixed_res.out_dir, plan.start, plan.end, a.run)
-        fixed_rules = verify.unique_rules(fs)
-    else:
-        failed = True
-        click.echo(f"lorascope: fixed replay failed: {fixed_res.error}", err=True)
+        base_res, base_rules, base_an = judge({}, "baseline")
+    fixed_res, fixed_rules, fixed_an = judge(plan.fix, "fixed")
+    failed = (base_res is not None and not base_res.ok) or not fixed_res.ok
     # each replay must start where the original run was (same weights, same batch)
     # (a data fix changes the batches, so the fixed replay cannot match the original there)
     from lorascope.rerun.data_fix import DATA_FIX_KEYS
