@@ -7,7 +7,7 @@ newline, a dumped tensor) or binary garbage.  :func:`iter_lines` never holds mor
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 

@@ -5,7 +5,8 @@ The file is an 8-byte little-endian header length, a JSON header
 and the tensor bytes.  We read the header ourselves so that every number in it is
 bound-checked before it sizes anything (a hostile or truncated file becomes a problem
 string, never an exception or a large allocation), then compute statistics through a
-read-only memory map, in chunks of :data:`CHUNK` elements, without torch:
+read-only memory map without torch (:mod:`lorascope.ingest._tensorscan`: batched, from
+the raw bits, one pass):
 
 * per tensor (:class:`TensorStat`): non-finite count, all-zero, abs max, Frobenius norm
   and mean |w| over the finite elements;
@@ -19,16 +20,6 @@ read-only memory map, in chunks of :data:`CHUNK` elements, without torch:
   (CONTRACT §6).  Non-finite elements count as 0 in norms; a missing alpha counts as
   ``alpha == rank`` (scale 1); PEFT's ``use_rslora`` scales by ``alpha / sqrt(rank)``.
 
-numpy has no bfloat16: BF16 is read as uint16 and shifted into float32; F16 is widened
-the same way (magnitude bits shifted and rescaled by 2**112, exact for normal and
-subnormal halves), which is about twice as fast as numpy's own float16 cast.
-
-Layers of several MiB are scanned by up to :data:`SCAN_THREADS` threads (one per CPU),
-each with its own two chunk buffers, with BLAS held to one thread per call; typical LoRA
-layers (well under a MiB) are scanned in one thread, which is faster for them. Memory
-stays a few MiB per thread whatever the file size, and mapped pages are released after
-each tensor.
-
 Budget: the tensors of LoRA layers are always scanned; other tensors (a full model's
 weights, PEFT ``modules_to_save``) only while their total stays under
 ``stats_budget`` bytes (:data:`STATS_BUDGET`, 2 GiB), so a 15 GB full fine-tune is
@@ -37,21 +28,19 @@ its format is ``unknown`` and the parse facts say ``no_lora_modules``.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import math
-import mmap
-import os
 import re
 import struct
-import threading
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
+from lorascope.ingest._tensorscan import NUMPY_DTYPES, Job, TensorInfo, pair, scalar, scan
 from lorascope.model import Checkpoint, Module, Parsed, Source, TensorStat
 
 KIND = "safetensors"
@@ -59,15 +48,9 @@ MAX_HEADER = 100 * 1024 * 1024        # a header longer than this is refused
 MAX_TENSORS = 1_000_000               # tensor entries kept from one header
 MAX_DIMS = 16
 MAX_PROBLEMS = 8                      # problem strings kept per file before summarising
-CHUNK = 1 << 18                       # elements per scanning chunk (1 MiB of float32)
 STATS_BUDGET = 2 * 1024 ** 3          # bytes of non-LoRA tensors scanned per file
 MAX_GRAM_RANK = 4096
 MAX_ADAPTER_CONFIG = 10 * 1024 * 1024
-SCAN_THREADS = 4                      # LoRA layers scanned in parallel (numpy/BLAS drop the GIL)
-PARALLEL_MIN_LAYER = 16 * 1024 * 1024  # mean bytes per layer before threads are used
-DROP_EVERY = 64 * 1024 * 1024         # tensors larger than this release pages chunk by chunk
-FAULT_AROUND = 256 * 1024              # bytes around a touched page the kernel may map
-PARALLEL_MIN_BYTES = 16 * 1024 * 1024 # below this a single thread is faster
 
 # safetensors dtype -> bits per element
 DTYPE_BITS = {
@@ -75,12 +58,6 @@ DTYPE_BITS = {
     "F8_E5M2FNUZ": 8, "F8_E8M0": 8, "I16": 16, "U16": 16, "F16": 16, "BF16": 16,
     "I32": 32, "U32": 32, "F32": 32, "F64": 64, "I64": 64, "U64": 64, "C64": 64,
     "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
-}
-# dtypes we compute statistics for, and how numpy reads their bytes
-NUMPY_DTYPES = {
-    "F32": "<f4", "F16": "<u2", "BF16": "<u2", "F64": "<f8", "BOOL": "|u1", "U8": "|u1",
-    "I8": "|i1", "I16": "<i2", "U16": "<u2", "I32": "<i4", "U32": "<u4", "I64": "<i8",
-    "U64": "<u8",
 }
 
 # suffix -> (role, style); checked in order, first match wins
@@ -115,25 +92,10 @@ KOHYA_LEAVES = sorted((
     "norm1_linear", "norm1_context_linear", "norm_linear", "proj_mlp", "mlp_fc1", "mlp_fc2",
     "conv", "linear", "attn_qkv", "attn_proj",
 ), key=len, reverse=True)
+_KOHYA_LEAF_SET = frozenset(KOHYA_LEAVES)
 
 
 # -- header ------------------------------------------------------------------------
-
-@dataclass
-class TensorInfo:
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    begin: int                     # absolute byte offset in the file
-    nbytes: int
-
-    @property
-    def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
-
 
 @dataclass
 class Header:
@@ -223,31 +185,30 @@ def read_header(path: Path, problems: _Problems) -> Header:
     return h
 
 
+def _ints(xs: list) -> bool:
+    for x in xs:
+        if type(x) is not int:     # noqa: E721 - bool is not a dimension
+            return False
+    return True
+
+
 def _check_tensor(name: str, info: Any, data_start: int, data_len: int,
                   problems: _Problems) -> TensorInfo | None:
-    short = name if len(name) <= 120 else name[:117] + "..."
     if not isinstance(info, dict):
-        problems.add(f"{short}: tensor entry is not an object")
-        return None
+        return _bad(problems, name, "tensor entry is not an object")
     dtype, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
     if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
-        problems.add(f"{short}: unknown dtype {str(dtype)[:20]!r}")
-        return None
-    if (not isinstance(shape, list) or len(shape) > MAX_DIMS
-            or not all(_is_int(d) for d in shape)):
-        problems.add(f"{short}: shape is not a list of integers")
-        return None
-    if any(d < 0 for d in shape):
-        problems.add(f"{short}: negative dimension in shape {_clip(shape)}")
-        return None
-    if (not isinstance(offs, list) or len(offs) != 2 or not all(_is_int(o) for o in offs)):
-        problems.add(f"{short}: data_offsets is not a pair of integers")
-        return None
+        return _bad(problems, name, f"unknown dtype {str(dtype)[:20]!r}")
+    if not isinstance(shape, list) or len(shape) > MAX_DIMS or not _ints(shape):
+        return _bad(problems, name, "shape is not a list of integers")
+    if shape and min(shape) < 0:
+        return _bad(problems, name, f"negative dimension in shape {_clip(shape)}")
+    if not isinstance(offs, list) or len(offs) != 2 or not _ints(offs):
+        return _bad(problems, name, "data_offsets is not a pair of integers")
     begin, end = offs
     if begin < 0 or end < begin or end > data_len:
-        problems.add(f"{short}: data_offsets {_clip([begin, end])} lie outside the "
-                     f"{data_len} bytes of tensor data (file truncated?)")
-        return None
+        return _bad(problems, name, f"data_offsets {_clip([begin, end])} lie outside the "
+                                    f"{data_len} bytes of tensor data (file truncated?)")
     numel = 1
     for d in shape:                # Python ints: no overflow; capped by the file size below
         numel *= d
@@ -255,181 +216,13 @@ def _check_tensor(name: str, info: Any, data_start: int, data_len: int,
             break
     bits = numel * DTYPE_BITS[dtype]
     if bits % 8 or bits // 8 != end - begin:
-        problems.add(f"{short}: {end - begin} bytes stored but shape {_clip(shape)} of {dtype} "
-                     f"needs {_clip(bits // 8)}")
-        return None
+        return _bad(problems, name, f"{end - begin} bytes stored but shape {_clip(shape)} of "
+                                    f"{dtype} needs {_clip(bits // 8)}")
     return TensorInfo(name, dtype, tuple(shape), data_start + begin, end - begin)
 
 
-# -- scanning ----------------------------------------------------------------------
-
-@dataclass
-class _Acc:
-    """Running statistics of one tensor."""
-
-    nonfinite: int = 0
-    abs_max: float = 0.0
-    abs_sum: float = 0.0
-    sq_sum: float = 0.0
-    count: int = 0
-    gram: np.ndarray | None = None     # rank x rank, float64
-
-    def stat(self, t: TensorInfo) -> TensorStat:
-        fin = self.count - self.nonfinite
-        return TensorStat(name=t.name, dtype=t.dtype, shape=t.shape, nonfinite=self.nonfinite,
-                          zero=self.count > 0 and self.nonfinite == 0 and self.abs_max == 0.0,
-                          abs_max=self.abs_max, norm=math.sqrt(max(self.sq_sum, 0.0)),
-                          mean_abs=self.abs_sum / fin if fin else 0.0)
-
-
-class _Scanner:
-    """Reads tensors through one memory map with two reusable float32 buffers."""
-
-    def __init__(self, mm: mmap.mmap | None):
-        self.mm = mm
-        self.mag = np.empty(CHUNK, np.float32)      # |x|
-        self.val = np.empty(CHUNK, np.float32)      # x (signed), for Gram matrices
-        self.tmp = np.empty(CHUNK, np.uint32)
-
-    def array(self, t: TensorInfo) -> np.ndarray:
-        return np.frombuffer(self.mm, dtype=NUMPY_DTYPES[t.dtype],
-                             count=t.numel, offset=t.begin)
-
-    def scalar(self, t: TensorInfo) -> float | None:
-        """The value of a one-element tensor (kohya's alpha) as float."""
-        if t.numel != 1 or t.dtype not in NUMPY_DTYPES or self.mm is None:
-            return None
-        a = self.array(t)
-        if t.dtype == "BF16":
-            v = float((a.astype(np.uint32) << 16).view(np.float32)[0])
-        elif t.dtype == "F16":
-            v = float(a.view(np.float16)[0])
-        else:
-            v = float(a[0])
-        return v if math.isfinite(v) else None
-
-    # conversions of one block (any shape) into float32 |x| and, optionally, x
-    def _convert(self, dtype: str, block: np.ndarray, k: int, shape: tuple[int, ...],
-                 signed: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        mag = self.mag[:k].reshape(shape)
-        val = self.val[:k].reshape(shape) if signed else None
-        if dtype == "BF16" and signed:
-            vu = val.view(np.uint32)
-            np.copyto(vu, block, casting="unsafe")
-            np.left_shift(vu, 16, out=vu)
-            np.abs(val, out=mag)
-        elif dtype in ("BF16", "F16"):
-            mu = mag.view(np.uint32)
-            np.bitwise_and(block, 0x7FFF, out=mu, casting="unsafe")
-            np.left_shift(mu, 16 if dtype == "BF16" else 13, out=mu)
-            if dtype == "F16":
-                # half magnitude bits << 13 read as float32, times 2**112, is the exact
-                # value for normal and subnormal halves; inf/nan land at >= 65536
-                np.multiply(mag, np.float32(2.0 ** 112), out=mag)
-            if signed:
-                tu = self.tmp[:k].reshape(shape)
-                np.bitwise_and(block, 0x8000, out=tu, casting="unsafe")
-                np.left_shift(tu, 16, out=tu)
-                np.bitwise_or(mu, tu, out=val.view(np.uint32))
-        else:
-            if signed:
-                np.copyto(val, block, casting="unsafe")
-                np.abs(val, out=mag)
-            else:
-                np.abs(block, out=mag, casting="unsafe") if block.dtype.kind == "f" \
-                    else np.copyto(mag, np.abs(block), casting="unsafe")
-        return mag, val
-
-    def _update(self, acc: _Acc, dtype: str, mag: np.ndarray, val: np.ndarray | None,
-                gram_axis: int | None) -> None:
-        m = float(mag.max()) if mag.size else 0.0
-        acc.count += mag.size
-        if not math.isfinite(m) or (dtype == "F16" and m >= 65536.0):
-            bad = ~np.isfinite(mag)
-            if dtype == "F16":
-                bad |= mag >= 65536.0
-            acc.nonfinite += int(bad.sum())
-            mag[bad] = 0.0
-            if val is not None:
-                val[bad] = 0.0
-            m = float(mag.max())
-        acc.abs_max = max(acc.abs_max, m)
-        acc.abs_sum += float(mag.sum())
-        if gram_axis is None:
-            f = mag.reshape(-1)
-            acc.sq_sum += float(np.dot(f, f))
-        else:
-            g = (val.T @ val) if gram_axis == 0 else (val @ val.T)
-            g = g.astype(np.float64)
-            acc.gram = g if acc.gram is None else acc.gram + g
-            acc.sq_sum += float(np.trace(g))
-
-    def release(self, t: TensorInfo) -> None:
-        """Drop the mapping of a scanned tensor's pages (they stay in the page cache), so
-        the process's resident memory does not grow with the file."""
-        self.drop(t.begin, t.nbytes)
-
-    def drop(self, begin: int, nbytes: int) -> None:
-        if self.mm is None or nbytes <= 0 or not hasattr(mmap, "MADV_DONTNEED"):
-            return
-        page = mmap.PAGESIZE
-        start = begin // page * page
-        nbytes = min(begin + nbytes, len(self.mm)) - begin
-        try:
-            self.mm.madvise(mmap.MADV_DONTNEED, start, begin + nbytes - start)
-        except (OSError, ValueError, AttributeError):
-            pass
-
-    def scan(self, t: TensorInfo, gram: str | None = None, rank: int = 0) -> _Acc:
-        """Statistics of one tensor.  gram="rows": tensor is [out, rank] (up / B),
-        accumulate B^T B; gram="cols": tensor is [rank, n] (down / A), accumulate A A^T."""
-        try:
-            return self._scan(t, gram, rank)
-        finally:
-            self.release(t)
-
-    def _scan(self, t: TensorInfo, gram: str | None, rank: int) -> _Acc:
-        acc = _Acc()
-        a = self.array(t)
-        n = t.numel
-        if gram and rank > 0 and n % rank == 0 and n:
-            if gram == "rows":
-                a2 = a.reshape(n // rank, rank)
-                step = max(1, CHUNK // rank)
-                big = t.nbytes > DROP_EVERY
-                for i in range(0, a2.shape[0], step):
-                    b = a2[i:i + step]
-                    mag, val = self._convert(t.dtype, b, b.size, b.shape, True)
-                    self._update(acc, t.dtype, mag, val, 0)
-                    if big:
-                        self.drop(t.begin + i * rank * b.itemsize, b.nbytes)
-            else:
-                a2 = a.reshape(rank, n // rank)
-                step = max(1, CHUNK // rank)
-                for j in range(0, a2.shape[1], step):
-                    b = a2[:, j:j + step]
-                    mag, val = self._convert(t.dtype, b, b.size, b.shape, True)
-                    self._update(acc, t.dtype, mag, val, 1)
-            return acc
-        big = t.nbytes > DROP_EVERY
-        for i in range(0, n, CHUNK):
-            b = a[i:i + CHUNK]
-            mag, _ = self._convert(t.dtype, b, b.size, b.shape, False)
-            self._update(acc, t.dtype, mag, None, None)
-            if big:
-                self.drop(t.begin + i * b.itemsize, b.nbytes)
-        return acc
-
-
-def _blas_single_thread():
-    """Limit BLAS to one thread while scanning: the Gram products are small and a
-    multi-threaded OpenBLAS spends more time synchronising than computing on them."""
-    try:
-        from threadpoolctl import threadpool_limits
-        return threadpool_limits(1, user_api="blas")
-    except Exception:               # optional dependency; any failure: leave BLAS alone
-        import contextlib
-        return contextlib.nullcontext()
+def _bad(problems: _Problems, name: str, text: str) -> None:
+    problems.add(f"{name if len(name) <= 120 else name[:117] + '...'}: {text}")
 
 
 # -- layouts -------------------------------------------------------------------------
@@ -482,9 +275,12 @@ def _group(tensors: list[TensorInfo]) -> tuple[dict[str, _Pair], set[str]]:
 def leaf_name(name: str, style: str) -> str:
     """The adapted layer's own name: ``q_proj``, ``to_out.0``, ``to_k``."""
     if style == "kohya":
-        for leaf in KOHYA_LEAVES:
-            if name.endswith("_" + leaf):
-                return leaf
+        # the longest known leaf the name ends with, after an underscore
+        i = name.find("_")
+        while i >= 0:
+            if name[i + 1:] in _KOHYA_LEAF_SET:
+                return name[i + 1:]
+            i = name.find("_", i + 1)
         parts = name.split("_")
         return "_".join(parts[-2:]) if parts[-1].isdigit() and len(parts) > 1 else parts[-1]
     parts = name.split(".")
@@ -634,9 +430,28 @@ def _adapter_hints(path: Path, metadata: dict[str, str], tensors: list[TensorInf
     return None
 
 
+@contextlib.contextmanager
+def _no_gc():
+    """The cyclic garbage collector paused: a header of 20k tensors makes 100k small
+    objects, and the collections they trigger (each walking the whole heap of the
+    analysis so far) cost more than reading the file.  Nothing made here is cyclic."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def read(path: Path, rel: str, adapter_config: dict | None = None, *,
          stats_budget: int = STATS_BUDGET) -> ReadResult:
     """Read one safetensors file into a :class:`Checkpoint`; never raises on content."""
+    with _no_gc():
+        return _read(path, rel, adapter_config, stats_budget)
+
+
+def _read(path: Path, rel: str, adapter_config: dict | None, stats_budget: int) -> ReadResult:
     problems = _Problems()
     h = read_header(path, problems)
     ck = Checkpoint(path=rel, step=None, format="unknown", size_bytes=h.size, dtype=None,
@@ -658,73 +473,47 @@ def read(path: Path, rel: str, adapter_config: dict | None = None, *,
         problems.add(f"{len(unpaired)} LoRA layer(s) have only one of their two weights "
                      f"(first: {unpaired[0][:120]})")
 
+    full = [p for p in pairs.values() if p.down and p.up]
+    chains = [_chain(p, problems) for p in full]
+    jobs: dict[str, Job] = {}
+    for p, (rank, chain) in zip(full, chains):
+        if p.down.dtype in NUMPY_DTYPES and p.up.dtype in NUMPY_DTYPES:
+            d = jobs[p.down.name] = Job(p.down, 1 if chain else None, rank if chain else 0)
+            u = jobs[p.up.name] = Job(p.up, 0 if chain else None, rank if chain else 0)
+            if chain:
+                pair(d, u)
+    budget = stats_budget
+    skipped = 0
+    for t in h.tensors:
+        if t.name in jobs or t.dtype not in NUMPY_DTYPES:
+            continue
+        if t.name in used and t.nbytes <= 64:
+            pass                       # alpha scalars: always cheap
+        elif t.nbytes > budget:
+            skipped += 1
+            continue
+        else:
+            budget -= t.nbytes
+        jobs[t.name] = Job(t)
+    if skipped:
+        facts["stats_skipped_tensors"] = skipped
+
     stats: dict[str, TensorStat] = {}
     modules: list[Module] = []
-    mm: mmap.mmap | None = None
-    f = None
     try:
-        if h.size > 0:
-            f = open(path, "rb")
-            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        sc = _Scanner(mm)
-        full = [p for p in pairs.values() if p.down and p.up]
-        local = threading.local()
-
-        def job(p: _Pair) -> tuple[Module, dict[str, TensorStat], list[str]]:
-            s = getattr(local, "sc", None)
-            if s is None:
-                s = local.sc = _Scanner(mm)
-            st: dict[str, TensorStat] = {}
-            pr = _Problems()
-            return _module(s, p, alphas, st, pr), st, pr.items
-
-        nbytes = sum(p.down.nbytes + p.up.nbytes for p in full)
-        threads = min(SCAN_THREADS, os.cpu_count() or 1, len(full))
-        # LoRA tensors are small (well under a MiB each): threads then fight over the GIL
-        # between numpy calls and a 1 GB file scans slower (measured 0.72 vs 0.63 GB/s at
-        # rank 64, 0.44 vs 0.20 at rank 16); only layers of several MiB gain from them
-        mean_layer = nbytes / max(1, len(full))
-        with _blas_single_thread():
-            if threads > 1 and nbytes >= PARALLEL_MIN_BYTES and mean_layer >= PARALLEL_MIN_LAYER:
-                with ThreadPoolExecutor(threads) as ex:
-                    results = list(ex.map(job, full))
-            else:
-                results = [job(p) for p in full]
-            for m, st, pr in results:
-                modules.append(m)
-                stats.update(st)
-                for x in pr:
-                    problems.add(x)
-            del results
-            budget = stats_budget
-            skipped = 0
-            for t in h.tensors:
-                if t.name in stats or t.dtype not in NUMPY_DTYPES:
-                    continue
-                if t.name in used and t.nbytes <= 64:
-                    pass                       # alpha scalars: always cheap
-                elif t.nbytes > budget:
-                    skipped += 1
-                    continue
-                else:
-                    budget -= t.nbytes
-                stats[t.name] = sc.scan(t).stat(t)
-            if skipped:
-                facts["stats_skipped_tensors"] = skipped
+        with open(path, "rb") as f:
+            alpha_values = [scalar(f.fileno(), p.alpha_t) if p.alpha_t is not None else None
+                            for p in full]
+        scan(path, list(jobs.values()))
+        stats = {name: j.acc.stat(j.t) for name, j in jobs.items()}
+        for p, (rank, chain), alpha in zip(full, chains, alpha_values):
+            modules.append(_module(p, rank, chain, alpha, alphas, jobs, stats))
     except (OSError, ValueError) as e:
         problems.add(f"cannot read tensor data ({e})")
-    finally:
-        if mm is not None:
-            try:
-                mm.close()
-            except BufferError:        # a view is still alive; the GC closes the map
-                pass
-        if f is not None:
-            f.close()
+        stats, modules = {}, []
 
     ck.tensors = [stats.get(t.name) or TensorStat(t.name, t.dtype, t.shape) for t in h.tensors]
     ck.modules = modules
-    lycoris = sum(1 for t in h.tensors if LYCORIS_RE.search(t.name))
     if modules:
         ck.format = fmt
         ck.rank = _most_common([m.rank for m in modules])
@@ -736,6 +525,7 @@ def read(path: Path, rel: str, adapter_config: dict | None = None, *,
     else:
         ck.dtype = _most_common([t.dtype for t in h.tensors])
         hint = _adapter_hints(path, h.metadata, h.tensors, adapter_config)
+        lycoris = sum(1 for t in h.tensors if LYCORIS_RE.search(t.name))
         if lycoris:
             facts["lycoris_layers"] = lycoris
             problems.add(f"{lycoris} LyCORIS (LoHa/LoKr/OFT) tensors: not analysed")
@@ -770,8 +560,9 @@ def _most_common(values: list) -> Any:
     return Counter(vals).most_common(1)[0][0]
 
 
-def _module(sc: _Scanner, p: _Pair, alphas: _AlphaSource, stats: dict[str, TensorStat],
-            problems: _Problems) -> Module:
+def _chain(p: _Pair, problems: _Problems) -> tuple[int | None, bool]:
+    """(rank, whether ``up @ down`` is a plain matrix product whose norm the Gram
+    matrices give)."""
     down, up = p.down, p.up
     assert down is not None and up is not None
     if p.embedding:
@@ -782,40 +573,33 @@ def _module(sc: _Scanner, p: _Pair, alphas: _AlphaSource, stats: dict[str, Tenso
     up_k = 1
     for d in up.shape[2:]:
         up_k *= d
-    chain = (rank is not None and rank > 0 and len(up.shape) >= 2 and up.shape[1] == rank
-             and up_k == 1 and rank <= MAX_GRAM_RANK
-             and down.dtype in NUMPY_DTYPES and up.dtype in NUMPY_DTYPES)
     if rank is not None and len(up.shape) >= 2 and up.shape[1] != rank:
         problems.add(f"{p.name[:120]}: up {list(up.shape)} and down {list(down.shape)} "
                      "shapes do not chain")
-    alpha = sc.scalar(p.alpha_t) if p.alpha_t is not None else None
+    chain = (rank is not None and rank > 0 and len(up.shape) >= 2 and up.shape[1] == rank
+             and up_k == 1 and rank <= MAX_GRAM_RANK)
+    return rank, chain
+
+
+def _module(p: _Pair, rank: int | None, chain: bool, alpha: float | None,
+            alphas: _AlphaSource, jobs: dict[str, Job], stats: dict[str, TensorStat]) -> Module:
+    """One adapted layer from its scanned down and up weights."""
+    down, up = p.down, p.up
+    assert down is not None and up is not None
     rslora = False
     if alpha is None:
         alpha, rslora = alphas.alpha(p)
-    if down.dtype not in NUMPY_DTYPES or up.dtype not in NUMPY_DTYPES:
+    if down.name not in jobs or up.name not in jobs:        # dtypes we cannot read
         return Module(p.name, rank, alpha, None, None, False, 0)
-    a_acc = sc.scan(down, "cols" if chain else None, rank or 0)
-    b_acc = sc.scan(up, "rows" if chain else None, rank or 0)
-    stats[down.name] = a_acc.stat(down)
-    stats[up.name] = b_acc.stat(up)
-    if p.alpha_t is not None:
-        stats[p.alpha_t.name] = sc.scan(p.alpha_t).stat(p.alpha_t)
-    # reading the alpha scalar faults in its neighbours too (kernel fault-around, and in
-    # key order alpha sits just after the previous layer's up weight): release them all
-    span = [x for x in (p.alpha_t, down, up) if x is not None]
-    lo = max(0, min(x.begin for x in span) - FAULT_AROUND)
-    sc.drop(lo, max(x.begin + x.nbytes for x in span) + FAULT_AROUND - lo)
-    if chain and a_acc.gram is not None and b_acc.gram is not None:
-        sq = float(np.sum(a_acc.gram * b_acc.gram))
-        norm = math.sqrt(max(sq, 0.0))
+    a, ups = jobs[down.name], stats[up.name]
+    if chain and a.cross is not None:
+        norm = math.sqrt(max(a.cross, 0.0))
         if alpha is not None and rank:
             norm *= alpha / (math.sqrt(rank) if rslora else rank)
     else:
-        norm = stats[up.name].norm
-    ups = stats[up.name]
+        norm = ups.norm
     return Module(name=p.name, rank=rank, alpha=alpha, norm=norm if math.isfinite(norm) else None,
-                  mean_abs=ups.mean_abs, zero=ups.zero,
-                  nonfinite=stats[down.name].nonfinite + ups.nonfinite)
+                  mean_abs=ups.mean_abs, zero=ups.zero, nonfinite=a.acc.nonfinite + ups.nonfinite)
 
 
 def read_checkpoint(path: Path, rel: str, adapter_config: dict | None = None) -> Checkpoint:

@@ -365,14 +365,16 @@ def test_leaf_names():
 
 
 def test_parallel_scan_gives_the_serial_results(tmp_path, monkeypatch):
-    import lorascope.ingest.safetensors as st
+    import lorascope.ingest._tensorscan as ts
     f = tmp_path / "p.safetensors"
     write_kohya(f, dtype=np.float32, nan=True)
-    monkeypatch.setattr(st, "PARALLEL_MIN_BYTES", 1 << 40)
+    monkeypatch.setattr(ts, "BATCH", 256)                 # many small tasks
+    monkeypatch.setattr(ts, "PARALLEL_MIN_BYTES", 1 << 40)
     serial = read_checkpoint(f, f.name)
-    monkeypatch.setattr(st, "PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr(st, "SCAN_THREADS", 3)
-    monkeypatch.setattr(st.os, "cpu_count", lambda: 3)
+    monkeypatch.setattr(ts, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(ts, "SCAN_WORKERS", 3)
+    monkeypatch.setattr(ts, "_cpus", lambda: 3)
     parallel = read_checkpoint(f, f.name)
     assert parallel.modules == serial.modules
     assert parallel.tensors == serial.tensors and parallel.problems == serial.problems
+    assert sum(m.nonfinite for m in parallel.modules) == 2

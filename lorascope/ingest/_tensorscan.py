@@ -1,0 +1,571 @@
+"""Statistics of the tensors of a memory-mapped safetensors file, in one pass over their bytes.
+
+Per tensor (:class:`Acc`): element count, non-finite count, abs max, sum of |x| and of
+x**2 over the finite elements, and on request its rank x rank Gram matrix (``B^T B`` of an
+up weight ``[n, rank]``, ``A A^T`` of a down weight ``[rank, n]``), from which the caller
+gets the exact norm of ``B @ A`` without forming it.
+
+How it stays fast without a compiled kernel (1 GB of LoRA weights per second on two
+cores; ``bench/bench_ckpt.py``):
+
+* **Batches.** LoRA tensors are small (tens to hundreds of KiB) and lie back to back in the
+  file, so neighbouring tensors of one dtype are handled as one span of up to
+  :data:`BATCH` elements: one widening call for the span, one ``maximum.reduceat`` per
+  view for all per-tensor maxima, then per tensor only BLAS calls (``sasum``, ``sdot`` or
+  one Gram product, which numpy runs as ``syrk``).
+* **Maxima on the raw bits.** For BF16, F16 and F32 the largest magnitude is read from the
+  stored integers: the largest unsigned value is the largest negative number's
+  magnitude plus the sign bit, the largest signed value the largest positive number's
+  magnitude.  Magnitude bits at or above the infinity pattern mean a non-finite value;
+  only then is the tensor cleaned element by element (rare: a broken adapter).
+* **Widening** BF16 is a widening copy and a shift of the 16 bits into the high half of a
+  float32; F16 a sign-extending copy, a shift by 13, a mask and a multiplication by
+  2**112 (exact for normal and subnormal halves; numpy's own float16 cast is five times
+  slower here).  F32 is read in place.  Other dtypes (F64, integers) go through float64.
+  Blocks whose values would overflow or underflow float32 squares are summed in float64.
+* **Processes, not threads.** The per-tensor calls are too short for threads: two threads
+  handing the GIL over on every call ran slower than one.  Files of at least
+  :data:`PARALLEL_MIN_BYTES` are cut into pieces that forked worker processes take from
+  the end and this process from the start (shared counters, so all finish together);
+  workers send back a few numbers per tensor.  Where forking is not possible (not Linux,
+  a daemonic process) or a worker dies, this process scans what is left.  BLAS is held
+  to one thread per process.
+
+Results do not depend on which process scanned a tensor: buffers are 64-byte aligned, so
+BLAS splits its sums the same way everywhere.
+
+Memory: one :data:`BATCH`-element float32 buffer per process; tensors larger than a batch
+are scanned in blocks of rows (or of columns for a wide down weight).  Mapped pages are
+released after each batch, so resident memory does not grow with the file.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import mmap
+import multiprocessing as mp
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.linalg import blas
+
+from lorascope.model import TensorStat
+
+BATCH = 1 << 20                        # float32 elements widened per call (4 MiB per thread)
+MAX_GAP = 1 << 16                      # bytes of unscanned data a batch may step over
+SCAN_WORKERS = 4                       # processes scanning one file (at most one per CPU)
+PIECES_PER_WORKER = 32                  # pieces of the file per process, for load balance
+PARALLEL_MIN_BYTES = 32 * 1024 * 1024  # below this, starting workers costs more than it saves
+DROP_EVERY = 64 * 1024 * 1024          # larger tensors release their pages block by block
+FAULT_AROUND = 256 * 1024              # a page fault may map this much around it (Linux: 64 KiB)
+
+# dtypes read from their bits: (unsigned view, signed view, sign bit, smallest non-finite
+# magnitude)
+FAST = {
+    "BF16": (np.dtype("<u2"), np.dtype("<i2"), 0x8000, 0x7F80),
+    "F16": (np.dtype("<u2"), np.dtype("<i2"), 0x8000, 0x7C00),
+    "F32": (np.dtype("<u4"), np.dtype("<i4"), 0x80000000, 0x7F800000),
+}
+# every dtype we compute statistics for, and how numpy reads its bytes
+NUMPY_DTYPES = {
+    "F32": "<f4", "F16": "<u2", "BF16": "<u2", "F64": "<f8", "BOOL": "|u1", "U8": "|u1",
+    "I8": "|i1", "I16": "<i2", "U16": "<u2", "I32": "<i4", "U32": "<u4", "I64": "<i8",
+    "U64": "<u8",
+}
+F16_KEEP = np.int32(0x8FFFE000 - (1 << 32))   # sign (smeared by the shift) + 15 value bits
+F16_SCALE = np.float32(2.0 ** 112)            # float32 exponent bias minus float16's, as 2**n
+F16_BIG = 65536.0                              # inf/nan halves widen to this or more
+# float32 sums and products stay exact enough while every |x| lies in this range (a
+# batch's sum of squares stays below 1e36); outside it a block is summed in float64
+F32_SAFE = (1e-15, 1e15)
+
+
+@dataclass
+class TensorInfo:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int                     # absolute byte offset in the file
+    nbytes: int
+
+    @functools.cached_property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass
+class Acc:
+    """Running statistics of one tensor."""
+
+    nonfinite: int = 0
+    abs_max: float = 0.0
+    abs_sum: float = 0.0
+    sq_sum: float = 0.0
+    count: int = 0
+    gram: np.ndarray | None = None     # rank x rank, float64
+
+    def stat(self, t: TensorInfo) -> TensorStat:
+        fin = self.count - self.nonfinite
+        sq = self.sq_sum
+        # positional: 20k of these per large file
+        return TensorStat(t.name, t.dtype, t.shape, self.nonfinite,
+                          self.count > 0 and self.nonfinite == 0 and self.abs_max == 0.0,
+                          self.abs_max, math.sqrt(sq) if sq > 0 else 0.0,
+                          self.abs_sum / fin if fin else 0.0)
+
+
+@dataclass(eq=False)
+class Job:
+    """One tensor to scan.  axis 0: the tensor is ``[n, rank]`` (up / B), accumulate
+    ``x^T x``; axis 1: it is ``[rank, n]`` (down / A), accumulate ``x x^T``; None: no Gram.
+    Two jobs linked as partners (a layer's down and up weight) get, once both are
+    scanned, ``cross = sum(gram_down * gram_up) = ||up @ down||_F^2``, and their Gram
+    matrices are freed (a 1 GB rank-64 file holds 100 MB of them)."""
+
+    t: TensorInfo
+    axis: int | None = None
+    rank: int = 0
+    acc: Acc = field(default_factory=Acc)
+    partner: Job | None = None
+    cross: float | None = None
+    done: bool = False
+
+    def finish(self) -> None:
+        self.done = True
+        p = self.partner
+        if p is None or not p.done:
+            return
+        a, b = self.acc.gram, p.acc.gram
+        if a is not None and b is not None and a.shape == b.shape:
+            self.cross = p.cross = float(np.vdot(a, b))
+        self.acc.gram = p.acc.gram = None
+
+
+def pair(down: Job, up: Job) -> None:
+    down.partner, up.partner = up, down
+
+
+def _magnitude_bits(hi_unsigned, hi_signed, sign: int):
+    """Largest magnitude bit pattern from the maxima of the unsigned and signed views
+    (arrays or scalars).  A negative value ``sign | m`` is the largest unsigned pattern
+    of its group; a non-negative ``m`` is the largest signed one."""
+    neg = np.asarray(hi_unsigned).astype(np.int64) - sign     # >= 0 iff a negative exists
+    pos = np.asarray(hi_signed).astype(np.int64)              # >= 0 iff a non-negative exists
+    return np.maximum(neg, pos)
+
+
+def _bits_to_float(dtype: str, bits: np.ndarray) -> np.ndarray:
+    if dtype == "BF16":
+        return (bits.astype(np.uint32) << 16).view(np.float32)
+    if dtype == "F16":
+        return bits.astype(np.uint16).view(np.float16).astype(np.float32)
+    return bits.astype(np.uint32).view(np.float32)
+
+
+class Scanner:
+    """Scans tasks of one memory map into their jobs' :class:`Acc`; one per thread."""
+
+    def __init__(self, mm: mmap.mmap):
+        self.mm = mm
+        # 64-byte aligned: BLAS sums split by alignment, and results must not depend on
+        # which thread (malloc arena) scanned a tensor
+        raw = np.empty(BATCH + 16, np.float32)
+        skip = (-raw.ctypes.data % 64) // 4
+        self.buf = raw[skip:skip + BATCH]
+
+    def widen(self, dtype: str, raw: np.ndarray) -> np.ndarray:
+        """float32 values of raw bits (any shape) of a FAST dtype."""
+        if dtype == "F32":
+            x = raw.view(np.float32)
+            if x.flags.c_contiguous:
+                return x
+            out = self.buf[:raw.size].reshape(raw.shape)
+            np.copyto(out, x)
+            return out
+        out = self.buf[:raw.size].reshape(raw.shape)
+        # a plain widening copy, then in-place bit work (faster than a casting shift)
+        if dtype == "BF16":
+            u = out.view(np.uint32)
+            np.copyto(u, raw, casting="unsafe")
+            np.left_shift(u, 16, out=u)
+        else:
+            o = out.view(np.int32)
+            np.copyto(o, raw.view(np.int16), casting="unsafe")     # sign-extends
+            np.left_shift(o, 13, out=o)
+            np.bitwise_and(o, F16_KEEP, out=o)
+            np.multiply(out, F16_SCALE, out=out)
+        return out
+
+    def batch(self, jobs: list[Job]) -> None:
+        """Neighbouring tensors of one FAST dtype, sorted, not overlapping, in one span of
+        at most BATCH elements (gaps between them are widened too and ignored)."""
+        dtype = jobs[0].t.dtype
+        u, i, sign, inf = FAST[dtype]
+        base = jobs[0].t.begin
+        last = jobs[-1].t
+        n = (last.begin + last.nbytes - base) // u.itemsize
+        raw = np.frombuffer(self.mm, u, count=n, offset=base)
+        starts: list[int] = []
+        seg: list[int] = []
+        pos = 0
+        for j in jobs:
+            s = (j.t.begin - base) // u.itemsize
+            if s > pos:
+                starts.append(pos)              # a gap: its own segment, ignored
+            seg.append(len(starts))
+            starts.append(s)
+            pos = s + j.t.numel
+        idx = np.array(starts, np.intp)
+        bits = _magnitude_bits(np.maximum.reduceat(raw, idx),
+                               np.maximum.reduceat(raw.view(i), idx), sign)
+        top = _bits_to_float(dtype, bits).tolist()
+        bad = (bits >= inf).tolist()
+        val = self.widen(dtype, raw)
+        lo, hi = F32_SAFE
+        asum, dot = blas.sasum, blas.sdot
+        for k, j in zip(seg, jobs):
+            s = starts[k]
+            x = val[s:s + j.t.numel]
+            m = top[k]
+            if bad[k] or not (lo <= m <= hi or m == 0.0):
+                self.add(j, x, m, bad[k])          # the general path: cleaning, float64
+            else:                                  # the common case, inlined: a batch
+                acc = j.acc                        # holds whole tensors, so assign
+                acc.count, acc.abs_max, acc.abs_sum = x.size, m, asum(x)
+                if j.axis is None:
+                    acc.sq_sum = dot(x, x)
+                else:
+                    if j.axis:
+                        w = x.reshape(j.rank, -1)
+                        g = w @ w.T
+                    else:
+                        w = x.reshape(-1, j.rank)
+                        g = w.T @ w
+                    acc.gram = g = g.astype(np.float64)
+                    acc.sq_sum = float(g.trace())
+            j.finish()
+
+    def one(self, j: Job) -> None:
+        """One tensor, in blocks of at most BATCH elements: rows of an up weight, columns
+        of a down weight, plain ranges otherwise.  Non-FAST dtypes go through float64."""
+        t = j.t
+        fast = FAST.get(t.dtype)
+        a = np.frombuffer(self.mm, fast[0] if fast else np.dtype(NUMPY_DTYPES[t.dtype]),
+                          count=t.numel, offset=t.begin)
+        if j.axis == 1:
+            a2 = a.reshape(j.rank, -1)
+            step = max(1, BATCH // j.rank)
+            blocks = ((a2[:, c:c + step], None) for c in range(0, a2.shape[1], step))
+        else:
+            width = j.rank if j.axis == 0 else 1
+            a2 = a.reshape(-1, width)
+            step = max(1, BATCH // width)
+            row = width * a.itemsize
+            blocks = ((a2[r:r + step], t.begin + r * row) for r in range(0, a2.shape[0], step))
+        big = t.nbytes > DROP_EVERY
+        for b, where in blocks:
+            if fast:
+                _, i, sign, inf = fast
+                bits = _magnitude_bits(b.max(), b.view(i).max(), sign)
+                self.add(j, self.widen(t.dtype, b), float(_bits_to_float(t.dtype, bits.reshape(1))[0]),
+                         bool(bits >= inf))
+            else:
+                x = b.astype(np.float64)
+                top = float(np.abs(x).max())
+                self.add(j, x, top, not math.isfinite(top))
+            if big and where is not None:
+                self.drop(where, b.nbytes)
+        j.finish()
+
+    def add(self, j: Job, x: np.ndarray, top: float, nonfinite: bool) -> None:
+        acc = j.acc
+        acc.count += x.size
+        if nonfinite:
+            if not x.flags.writeable:       # F32 read in place: clean a copy in the buffer
+                copy = self.buf[:x.size].reshape(x.shape)
+                np.copyto(copy, x)
+                x = copy
+            bad = ~np.isfinite(x)
+            if j.t.dtype == "F16":
+                bad |= np.abs(x) >= F16_BIG
+            acc.nonfinite += int(bad.sum())
+            x[bad] = 0.0
+            top = float(np.abs(x).max())
+        acc.abs_max = max(acc.abs_max, top)
+        if x.dtype == np.float32 and not (F32_SAFE[0] <= top <= F32_SAFE[1] or top == 0.0):
+            x = x.astype(np.float64)            # huge or tiny values: squares would overflow
+        single = x.dtype == np.float32
+        if j.axis is None:
+            flat = x.reshape(-1)
+            acc.abs_sum += float((blas.sasum if single else blas.dasum)(flat))
+            acc.sq_sum += float((blas.sdot if single else blas.ddot)(flat, flat))
+            return
+        acc.abs_sum += float((blas.sasum if single else blas.dasum)(x.reshape(-1)))
+        m = x.reshape(-1, j.rank) if j.axis == 0 else x.reshape(j.rank, -1)
+        g = ((m.T @ m) if j.axis == 0 else (m @ m.T)).astype(np.float64)
+        if acc.gram is None:
+            acc.gram = g
+        else:
+            acc.gram += g
+        acc.sq_sum += float(g.trace())
+
+    def drop(self, begin: int, nbytes: int) -> None:
+        """Unmap scanned pages (they stay in the page cache), so that the resident memory
+        of the process does not grow with the file."""
+        if nbytes <= 0 or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        start = begin // mmap.PAGESIZE * mmap.PAGESIZE
+        end = min(begin + nbytes, len(self.mm))
+        with contextlib.suppress(OSError, ValueError):
+            self.mm.madvise(mmap.MADV_DONTNEED, start, end - start)
+
+
+def plan(jobs: list[Job]) -> list[list[Job]]:
+    """Tasks: runs of neighbouring small FAST-dtype tensors (scanned as one batch), or
+    single tensors (large ones, other dtypes).  Empty tensors need no scan."""
+    tasks: list[list[Job]] = []
+    cur: list[Job] = []
+    base = end = 0
+    for j in sorted((j for j in jobs if j.t.numel), key=lambda j: j.t.begin):
+        t = j.t
+        if t.dtype not in FAST or t.numel > BATCH:
+            if cur:
+                tasks.append(cur)
+            tasks.append([j])
+            cur = []
+            continue
+        size = FAST[t.dtype][0].itemsize
+        stop = t.begin + t.nbytes
+        if (cur and t.dtype == cur[0].t.dtype and end <= t.begin <= end + MAX_GAP
+                and (t.begin - base) % size == 0 and (stop - base) // size <= BATCH):
+            cur.append(j)
+        else:
+            if cur:
+                tasks.append(cur)
+            cur, base = [j], t.begin
+        end = stop
+    if cur:
+        tasks.append(cur)
+    return tasks
+
+
+def _blas_single_thread():
+    """BLAS at one thread while scanning: the products are small and a multi-threaded
+    OpenBLAS spends more time synchronising than computing on them."""
+    try:
+        from threadpoolctl import threadpool_limits
+        return threadpool_limits(1, user_api="blas")
+    except Exception:               # optional at run time; any failure: leave BLAS alone
+        return contextlib.nullcontext()
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _can_fork() -> bool:
+    """Worker processes are forked (they start in milliseconds and inherit the imports);
+    only on Linux, where forking a process that uses numpy and OpenBLAS is safe."""
+    return sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods()
+
+
+def _scan_tasks(mm: mmap.mmap, tasks: list[list[Job]]) -> None:
+    sc = Scanner(mm)
+    for task in tasks:
+        try:
+            if len(task) == 1 and (task[0].t.dtype not in FAST or task[0].t.numel > BATCH):
+                sc.one(task[0])
+            else:
+                sc.batch(task)
+        finally:
+            # fault-around also re-mapped pages before the task, already released by the
+            # task that scanned them: release those too, or they add up to the file size
+            lo = max(0, task[0].t.begin - FAULT_AROUND)
+            sc.drop(lo, max(j.t.begin + j.t.nbytes for j in task) - lo)
+
+
+def _split(tasks: list[list[Job]], n: int) -> list[list[list[Job]]]:
+    """n runs of consecutive tasks with about the same number of bytes each."""
+    sizes = [sum(j.t.nbytes for j in task) for task in tasks]
+    total = sum(sizes) or 1
+    parts: list[list[list[Job]]] = [[] for _ in range(n)]
+    done = 0
+    for task, size in zip(tasks, sizes):
+        parts[min(n - 1, done * n // total)].append(task)
+        done += size
+    return [p for p in parts if p]
+
+
+# what a worker process sends back per job: the Acc numbers, the cross term, and the
+# Gram matrix when the partner was scanned elsewhere
+_Result = tuple[int, int, float, float, float, "float | None", "np.ndarray | None"]
+
+
+def _context():
+    return mp.get_context("fork")
+
+
+def _claim(claim, front: bool) -> int | None:
+    """Take the next piece from the front (this process) or the back (workers) of the
+    shared counters ``[next front piece, one past the last back piece]``; None when
+    every piece is taken."""
+    lock = claim.get_lock()
+    if not lock.acquire(timeout=60):
+        raise RuntimeError("scan workers stopped answering")
+    try:
+        lo, hi = claim[0], claim[1]
+        if lo >= hi:
+            return None
+        if front:
+            claim[0] = lo + 1
+            return lo
+        claim[1] = hi - 1
+        return hi - 1
+    finally:
+        lock.release()
+
+
+def _worker(path: str, ident: tuple[int, int, int], pieces: list[list[list[Job]]],
+            claim, conn) -> None:
+    """A forked worker: scans pieces from the back until none is left, then sends
+    ``[(piece, [_Result per job])]``.  The jobs are the parent's, inherited by fork."""
+    taken: list[int] = []
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        if (st.st_dev, st.st_ino, st.st_size) != ident:
+            return                                 # a different file now: send nothing
+        with _blas_single_thread(), mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            while (k := _claim(claim, front=False)) is not None:
+                _scan_tasks(mm, pieces[k])
+                taken.append(k)
+    conn.send([(k, [(j.acc.count, j.acc.nonfinite, j.acc.abs_max, j.acc.abs_sum, j.acc.sq_sum,
+                     j.cross, j.acc.gram) for task in pieces[k] for j in task]) for k in taken])
+    conn.close()
+
+
+def _apply(piece: list[list[Job]], results: list[_Result]) -> None:
+    for j, (count, nonfinite, abs_max, abs_sum, sq_sum, cross, gram) in zip(
+            (j for task in piece for j in task), results):
+        a = j.acc
+        a.count, a.nonfinite, a.abs_max, a.abs_sum, a.sq_sum = count, nonfinite, abs_max, abs_sum, sq_sum
+        a.gram = gram
+        if cross is not None:
+            j.cross, j.done = cross, True
+        else:
+            j.finish()                         # partner scanned elsewhere, or none
+
+
+def scan(path: str | os.PathLike, jobs: list[Job], workers: int | None = None) -> None:
+    """Fill every job's ``acc`` (and ``cross`` of linked partners).  Files of at least
+    :data:`PARALLEL_MIN_BYTES` are split among up to :data:`SCAN_WORKERS` processes (one
+    per CPU): the per-tensor work is too fine-grained for threads, which spend more time
+    handing the GIL over than they save.  Raises OSError/ValueError if the file is
+    shorter than its header said."""
+    tasks = plan(jobs)
+    nbytes = sum(j.t.nbytes for task in tasks for j in task)
+    n = min(SCAN_WORKERS if workers is None else workers, _cpus(), len(tasks))
+    with open(path, "rb") as f, _blas_single_thread():
+        if not tasks:
+            return
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            if n > 1 and nbytes >= PARALLEL_MIN_BYTES and _can_fork():
+                st = os.fstat(f.fileno())
+                _scan_parallel(os.fspath(path), (st.st_dev, st.st_ino, st.st_size), mm, tasks, n)
+            else:
+                _scan_tasks(mm, tasks)
+        finally:
+            try:
+                mm.close()
+            except BufferError:    # a view is still alive (in a traceback): the GC closes it
+                pass
+
+
+def _scan_parallel(path: str, ident: tuple[int, int, int], mm: mmap.mmap,
+                   tasks: list[list[Job]], n: int) -> None:
+    """Forked workers and this process share the scan, work-stealing style: the file is
+    cut into PIECES_PER_WORKER pieces per process; workers take pieces from the end and
+    this process from the start, through two shared counters, so all finish together
+    however busy each CPU is.  The pieces of a worker that could not start, died or
+    stopped answering are scanned here."""
+    pieces = _split(tasks, n * PIECES_PER_WORKER)
+    done = [False] * len(pieces)
+    workers = []
+    try:
+        ctx = _context()
+        claim = ctx.Array("q", [0, len(pieces)])
+        with warnings.catch_warnings():
+            # Python 3.12+ warns about forking a process with threads (OpenBLAS's); the
+            # workers only run numpy and BLAS code, which is safe after fork
+            warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*fork.*")
+            for _ in range(n - 1):
+                recv, send = ctx.Pipe(duplex=False)
+                proc = ctx.Process(target=_worker, args=(path, ident, pieces, claim, send), daemon=True)
+                proc.start()
+                send.close()                   # so that a dead worker reads as EOF
+                workers.append((proc, recv))
+    except (OSError, RuntimeError, ValueError, ImportError, AssertionError):
+        # no worker processes here (no semaphores; a daemonic process may not fork):
+        # scan in this one
+        claim = None
+    try:
+        start = time.perf_counter()
+        if claim is not None:
+            while (k := _claim(claim, front=True)) is not None:
+                _scan_tasks(mm, pieces[k])
+                done[k] = True
+        patience = max(30.0, 10 * (time.perf_counter() - start))
+        for _, recv in workers:
+            try:
+                if recv.poll(patience):
+                    for k, results in recv.recv():
+                        _apply(pieces[k], results)
+                        done[k] = True
+            except (EOFError, OSError):
+                pass                           # the worker died: its pieces are redone here
+    except RuntimeError:
+        pass                                   # the counters' lock is lost: redo the rest here
+    finally:
+        for proc, recv in workers:
+            recv.close()
+            if proc.is_alive():
+                proc.kill()
+            proc.join()
+    for piece, ok in zip(pieces, done):
+        if not ok:
+            for task in piece:
+                for j in task:
+                    j.acc, j.cross, j.done = Acc(), None, False
+            _scan_tasks(mm, piece)
+
+
+def scalar(fd: int, t: TensorInfo) -> float | None:
+    """The value of a one-element tensor (kohya's alpha), read with ``pread`` so that no
+    page of the map is touched; None if it is not a finite number."""
+    if t.numel != 1 or t.dtype not in NUMPY_DTYPES:
+        return None
+    try:
+        data = os.pread(fd, t.nbytes, t.begin)
+    except OSError:
+        return None
+    if len(data) != t.nbytes:
+        return None
+    a = np.frombuffer(data, NUMPY_DTYPES[t.dtype])
+    if t.dtype == "BF16":
+        v = float((a.astype(np.uint32) << 16).view(np.float32)[0])
+    elif t.dtype == "F16":
+        v = float(a.view(np.float16)[0])
+    else:
+        v = float(a[0])
+    return v if math.isfinite(v) else None

@@ -1,0 +1,289 @@
+"""The batched tensor scan (lorascope.ingest._tensorscan) against a float64 reference:
+every statistic, for every dtype it reads, with non-finite values, subnormal halves,
+negative-only and all-zero tensors, gaps between tensors, tensors larger than a batch,
+and one thread against several."""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import time
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import lorascope.ingest._tensorscan as ts
+
+NP = {"F16": "<f2", "F32": "<f4", "F64": "<f8", "I8": "|i1", "BF16": None}
+
+
+def bf16_bits(x: np.ndarray) -> np.ndarray:
+    """Round-to-nearest-even float32 -> bfloat16 bit patterns (what torch writes)."""
+    u = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    r = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+    nan = np.isnan(np.asarray(x, np.float32))
+    return np.where(nan, 0x7FC0, r).astype("<u2")
+
+
+def stored(dtype: str, values: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """(bytes as the file holds them, the float64 values those bytes mean)."""
+    if dtype == "BF16":
+        bits = bf16_bits(values)
+        return bits.tobytes(), (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    a = np.asarray(values).astype(NP[dtype])
+    return a.tobytes(), a.astype(np.float64)
+
+
+def write(path: Path, tensors: list[tuple[str, str, tuple[int, ...], np.ndarray]],
+          gaps: list[int] | None = None) -> list[ts.TensorInfo]:
+    """A safetensors file; gaps[i] filler bytes (a U8 tensor) before tensor i."""
+    header: dict = {}
+    blob = bytearray()
+    for i, (name, dtype, shape, raw) in enumerate(tensors):
+        g = (gaps or [0] * len(tensors))[i]
+        if g:
+            header[f"filler{i}"] = {"dtype": "U8", "shape": [g], "data_offsets": [len(blob), len(blob) + g]}
+            blob += bytes(range(256)) * (g // 256) + bytes(g % 256)
+        header[name] = {"dtype": dtype, "shape": list(shape),
+                        "data_offsets": [len(blob), len(blob) + len(raw)]}
+        blob += raw
+    h = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(h)) + h + bytes(blob))
+    start = 8 + len(h)
+    return [ts.TensorInfo(n, d["dtype"], tuple(d["shape"]), start + d["data_offsets"][0],
+                          d["data_offsets"][1] - d["data_offsets"][0])
+            for n, d in header.items() if not n.startswith("filler")]
+
+
+def reference(x: np.ndarray, axis: int | None, rank: int) -> dict:
+    x = x.astype(np.float64)
+    bad = ~np.isfinite(x)
+    c = np.where(bad, 0.0, x)
+    fin = x.size - int(bad.sum())
+    out = {"nonfinite": int(bad.sum()), "abs_max": float(np.abs(c).max()) if c.size else 0.0,
+           "mean_abs": float(np.abs(c).sum() / fin) if fin else 0.0,
+           "norm": float(np.sqrt((c ** 2).sum())),
+           "zero": bool(x.size and not bad.any() and not c.any())}
+    if axis is not None:
+        m = c.reshape(-1, rank) if axis == 0 else c.reshape(rank, -1)
+        out["gram"] = m.T @ m if axis == 0 else m @ m.T
+    return out
+
+
+def scan_file(path: Path, infos: list[ts.TensorInfo], axes: list[tuple[int | None, int]],
+              workers: int = 1) -> list[ts.Job]:
+    jobs = [ts.Job(t, ax, r) for t, (ax, r) in zip(infos, axes)]
+    ts.scan(path, jobs, workers=workers)
+    return jobs
+
+
+def check(job: ts.Job, ref: dict) -> None:
+    s = job.acc.stat(job.t)
+    assert s.nonfinite == ref["nonfinite"], job.t.name
+    assert s.zero == ref["zero"], job.t.name
+    assert s.abs_max == ref["abs_max"], job.t.name          # exact: read from the bits
+    assert s.mean_abs == pytest.approx(ref["mean_abs"], rel=1e-4, abs=1e-30), job.t.name
+    assert s.norm == pytest.approx(ref["norm"], rel=1e-4, abs=1e-30), job.t.name
+    if "gram" in ref:
+        np.testing.assert_allclose(job.acc.gram, ref["gram"], rtol=1e-4,
+                                   atol=1e-5 * max(1e-30, np.abs(ref["gram"]).max()))
+
+
+def _specials(dtype: str, rng: np.random.Generator, n: int) -> np.ndarray:
+    big = {"F16": 6e4, "BF16": 1e38, "F32": 1e38, "F64": 1e100, "I8": 100}[dtype]
+    tiny = {"F16": 3e-8, "BF16": 1e-40, "F32": 1e-44, "F64": 1e-100, "I8": 1}[dtype]
+    if dtype == "I8":
+        return rng.integers(-128, 128, n)
+    pool = np.array([0.0, -0.0, tiny, -tiny, big, -big, np.inf, -np.inf, np.nan, 1.0, -1.0])
+    return rng.choice(pool, n)
+
+
+@pytest.mark.parametrize("dtype", ["F16", "BF16", "F32", "F64", "I8"])
+@pytest.mark.parametrize("workers", [1, 3])
+def test_every_statistic_matches_float64(tmp_path, dtype, workers):
+    rng = np.random.default_rng(1)
+    cases = []
+    shapes = [((8, 40), 1, 8), ((40, 8), 0, 8), ((4, 6, 3, 3), 1, 4), ((30, 4, 1, 1), 0, 4),
+              ((7,), None, 0), ((), None, 0), ((300, 16), 0, 16), ((16, 300), 1, 16),
+              ((5, 5), None, 0)]
+    for k, (shape, axis, rank) in enumerate(shapes * 4):
+        n = int(np.prod(shape))
+        v = rng.standard_normal(n) * 0.02
+        kind = k // len(shapes)
+        if kind == 1:
+            v = -np.abs(v)                    # negative only: max from the unsigned view
+        elif kind == 2:
+            v[:] = 0.0
+            if n:
+                v[0] = -0.0
+        elif kind == 3 and n:
+            w = _specials(dtype, rng, n)
+            v = np.where(rng.random(n) < 0.3, w, v)
+        if dtype == "I8":
+            v = np.round(v * 3000).clip(-128, 127)
+        raw, meaning = stored(dtype, v)
+        cases.append((f"t{k}", dtype, shape, raw, meaning, axis, rank))
+    f = tmp_path / "a.safetensors"
+    gaps = [int(g) for g in rng.choice([0, 0, 0, 2, 4, 6, 4096, 100_000], len(cases))]
+    if dtype in ("F16", "BF16"):
+        gaps = [g + 1 if g == 2 else g for g in gaps]         # an odd gap breaks alignment
+    infos = write(f, [(c[0], c[1], c[2], c[3]) for c in cases], gaps)
+    with mock.patch.object(ts, "BATCH", 512), mock.patch.object(ts, "PARALLEL_MIN_BYTES", 0), \
+            mock.patch.object(ts, "_cpus", lambda: workers):
+        jobs = scan_file(f, infos, [(c[5], c[6]) for c in cases], workers)
+    for job, c in zip(jobs, cases):
+        check(job, reference(c[4], c[5], c[6]))
+
+
+def test_a_batch_spans_several_tensors_and_large_ones_are_split(tmp_path):
+    infos = write(tmp_path / "b.safetensors",
+                  [(f"t{i}", "BF16", (4, 64), stored("BF16", np.ones(256))[0]) for i in range(10)]
+                  + [("big", "F16", (4096, 8), stored("F16", np.ones(4096 * 8))[0])])
+    jobs = [ts.Job(t) for t in infos]
+    with mock.patch.object(ts, "BATCH", 1024):
+        tasks = ts.plan(jobs)
+    assert [len(t) for t in tasks] == [4, 4, 2, 1]            # 1024 elements per batch
+    assert tasks[-1][0].t.name == "big"
+
+
+def test_f16_subnormals_and_extremes_are_exact(tmp_path):
+    # every finite half, positive and negative: the bit-trick widening is exact for all
+    bits = np.arange(0, 0x7C00, dtype=np.uint16)
+    vals = np.concatenate([bits, bits | 0x8000]).view(np.float16)
+    f = tmp_path / "h.safetensors"
+    infos = write(f, [("all", "F16", (vals.size,), vals.tobytes())])
+    with mock.patch.object(ts, "BATCH", 4096):
+        (job,) = scan_file(f, infos, [(None, 0)])
+    check(job, reference(vals, None, 0))
+    assert job.acc.abs_max == 65504.0
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_random_files_match_the_reference(tmp_path, data):
+    n_t = data.draw(st.integers(1, 6))
+    cases, gaps = [], []
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1)))
+    for k in range(n_t):
+        dtype = data.draw(st.sampled_from(["F16", "BF16", "F32", "F64"]))
+        rank = data.draw(st.integers(1, 6))
+        other = data.draw(st.integers(1, 50))
+        axis = data.draw(st.sampled_from([None, 0, 1]))
+        shape = (other, rank) if axis == 0 else (rank, other)
+        n = rank * other
+        v = rng.standard_normal(n) * data.draw(st.sampled_from([1e-3, 1.0, 100.0]))
+        if data.draw(st.booleans()):
+            v = np.where(rng.random(n) < 0.2, _specials(dtype, rng, n), v)
+        raw, meaning = stored(dtype, v)
+        cases.append((f"t{k}", dtype, shape, raw, meaning, axis, rank))
+        gaps.append(data.draw(st.sampled_from([0, 0, 1, 2, 3, 8])))
+    f = tmp_path / f"r{data.draw(st.integers(0, 10 ** 9))}.safetensors"
+    infos = write(f, [(c[0], c[1], c[2], c[3]) for c in cases], gaps)
+    batch = data.draw(st.sampled_from([16, 64, 1 << 20]))
+    with mock.patch.object(ts, "BATCH", batch):
+        jobs = scan_file(f, infos, [(c[5], c[6]) for c in cases])
+    for job, c in zip(jobs, cases):
+        check(job, reference(c[4], c[5], c[6]))
+
+
+def test_scalar_reads_without_the_map(tmp_path):
+    f = tmp_path / "s.safetensors"
+    infos = write(f, [("a", "BF16", (), stored("BF16", np.array([8.0]))[0]),
+                      ("b", "F16", (), stored("F16", np.array([0.5]))[0]),
+                      ("c", "F32", (), stored("F32", np.array([np.nan]))[0])])
+    with open(f, "rb") as fh:
+        assert [ts.scalar(fh.fileno(), t) for t in infos] == [8.0, 0.5, None]
+
+
+def test_paired_jobs_get_the_update_norm_and_free_their_grams(tmp_path):
+    rng = np.random.default_rng(3)
+    down, up = rng.standard_normal((6, 70)), rng.standard_normal((50, 6))
+    f = tmp_path / "p.safetensors"
+    infos = write(f, [("up", "F16", up.shape, stored("F16", up)[0]),
+                      ("down", "BF16", down.shape, stored("BF16", down)[0])])
+    u, d = ts.Job(infos[0], 0, 6), ts.Job(infos[1], 1, 6)
+    ts.pair(d, u)
+    ts.scan(f, [u, d])
+    exact = stored("F16", up)[1] @ stored("BF16", down)[1]
+    assert d.cross == u.cross == pytest.approx(float((exact ** 2).sum()), rel=1e-5)
+    assert d.acc.gram is None and u.acc.gram is None
+
+
+def _many_tensors(tmp_path: Path) -> tuple[Path, list[ts.TensorInfo], list[tuple], list[dict]]:
+    rng = np.random.default_rng(5)
+    cases = []
+    for k in range(40):
+        dtype = ["F16", "BF16", "F32"][k % 3]
+        v = rng.standard_normal(8 * 30) * 0.05
+        if k == 7:
+            v[3] = np.nan
+        cases.append((f"t{k}", dtype, (8, 30) if k % 2 else (30, 8), stored(dtype, v)))
+    f = tmp_path / "many.safetensors"
+    infos = write(f, [(n, d, sh, raw) for n, d, sh, (raw, _) in cases])
+    axes = [(1 if k % 2 else 0, 8) for k in range(40)]
+    refs = [reference(c[3][1], ax, r) for c, (ax, r) in zip(cases, axes)]
+    return f, infos, axes, refs
+
+
+def test_worker_processes_scan_parts_of_the_file(tmp_path, monkeypatch):
+    if not ts._can_fork():
+        pytest.skip("worker processes are only forked on Linux")
+    f, infos, axes, refs = _many_tensors(tmp_path)
+    real, parent = ts._scan_tasks, os.getpid()
+
+    def tagged(mm, tasks):                     # leaves a trace of the process it ran in
+        (tmp_path / f"pid-{os.getpid()}").touch()
+        time.sleep(0.05)                       # slow pieces: every process gets some
+        return real(mm, tasks)
+
+    monkeypatch.setattr(ts, "_scan_tasks", tagged)
+    monkeypatch.setattr(ts, "BATCH", 256)
+    monkeypatch.setattr(ts, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(ts, "_cpus", lambda: 3)
+    jobs = [ts.Job(t, ax, r) for t, (ax, r) in zip(infos, axes)]
+    ts.pair(jobs[0], jobs[39])                 # first and last tensor: different processes
+    ts.scan(f, jobs, workers=3)
+    pids = {p.name for p in tmp_path.glob("pid-*")}
+    assert len(pids) >= 2 and f"pid-{parent}" in pids      # this process and a worker
+    for j, ref in zip(jobs, refs):
+        check(j, {k: v for k, v in ref.items() if k != "gram"})
+    up, down = refs[0]["gram"], refs[39]["gram"]
+    assert jobs[0].cross == jobs[39].cross == pytest.approx(float((up * down).sum()), rel=1e-5)
+
+
+@pytest.mark.parametrize("failure", ["no_pool", "worker_dies"])
+def test_a_failed_worker_part_is_scanned_in_process(tmp_path, monkeypatch, failure):
+    f, infos, axes, refs = _many_tensors(tmp_path)
+    monkeypatch.setattr(ts, "BATCH", 256)
+    monkeypatch.setattr(ts, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(ts, "_cpus", lambda: 3)
+    if failure == "no_pool":
+        monkeypatch.setattr(ts, "_can_fork", lambda: True)
+
+        def no_pool(*a, **k):
+            raise OSError("no semaphores here")
+        monkeypatch.setattr(ts, "_context", no_pool)
+    else:
+        if not ts._can_fork():
+            pytest.skip("worker processes are only forked on Linux")
+        real, parent = ts._scan_tasks, os.getpid()
+        monkeypatch.setattr(ts, "_scan_tasks",
+                            lambda mm, tasks: real(mm, tasks) if os.getpid() == parent else os._exit(3))
+    jobs = scan_file(f, infos, axes, workers=3)
+    for j, ref in zip(jobs, refs):
+        check(j, ref)
+
+
+def test_statistics_are_python_floats(tmp_path):
+    # numpy scalars would leak into the JSON report and compare differently
+    f = tmp_path / "t.safetensors"
+    infos = write(f, [("a", "BF16", (4, 8), stored("BF16", np.arange(32) / 7)[0]),
+                      ("b", "F16", (8, 4), stored("F16", np.arange(32) / 9)[0])])
+    for j in scan_file(f, infos, [(1, 4), (None, 0)]):
+        s = j.acc.stat(j.t)
+        assert all(type(v) is float for v in (s.abs_max, s.norm, s.mean_abs)), s
+        assert type(s.nonfinite) is int and type(s.zero) is bool
