@@ -46,6 +46,7 @@ import math
 import mmap
 import multiprocessing as mp
 import os
+import signal
 import sys
 import time
 import warnings
@@ -56,10 +57,10 @@ from scipy.linalg import blas
 
 from lorascope.model import TensorStat
 
-BATCH = 1 << 20                        # float32 elements widened per call (4 MiB per thread)
+BATCH = 1 << 20                        # float32 elements widened per call (4 MiB per process)
 MAX_GAP = 1 << 16                      # bytes of unscanned data a batch may step over
 SCAN_WORKERS = 4                       # processes scanning one file (at most one per CPU)
-PIECES_PER_WORKER = 32                  # pieces of the file per process, for load balance
+PIECES_PER_WORKER = 32                 # pieces of the file per process, for load balance
 PARALLEL_MIN_BYTES = 32 * 1024 * 1024  # below this, starting workers costs more than it saves
 DROP_EVERY = 64 * 1024 * 1024          # larger tensors release their pages block by block
 FAULT_AROUND = 256 * 1024              # a page fault may map this much around it (Linux: 64 KiB)
@@ -171,12 +172,12 @@ def _bits_to_float(dtype: str, bits: np.ndarray) -> np.ndarray:
 
 
 class Scanner:
-    """Scans tasks of one memory map into their jobs' :class:`Acc`; one per thread."""
+    """Scans tasks of one memory map into their jobs' :class:`Acc`; one per process."""
 
     def __init__(self, mm: mmap.mmap):
         self.mm = mm
-        # 64-byte aligned: BLAS sums split by alignment, and results must not depend on
-        # which thread (malloc arena) scanned a tensor
+        # 64-byte aligned: BLAS splits its sums by alignment, and results must not depend
+        # on which process (or malloc arena) scanned a tensor
         raw = np.empty(BATCH + 16, np.float32)
         skip = (-raw.ctypes.data % 64) // 4
         self.buf = raw[skip:skip + BATCH]
@@ -184,7 +185,7 @@ class Scanner:
     def widen(self, dtype: str, raw: np.ndarray) -> np.ndarray:
         """float32 values of raw bits (any shape) of a FAST dtype."""
         if dtype == "F32":
-            x = raw.view(np.float32)
+            x = raw.view("<f4")
             if x.flags.c_contiguous:
                 return x
             out = self.buf[:raw.size].reshape(raw.shape)
@@ -440,6 +441,7 @@ def _worker(path: str, ident: tuple[int, int, int], pieces: list[list[list[Job]]
             claim, conn) -> None:
     """A forked worker: scans pieces from the back until none is left, then sends
     ``[(piece, [_Result per job])]``.  The jobs are the parent's, inherited by fork."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C: the parent stops us, quietly
     taken: list[int] = []
     with open(path, "rb") as f:
         st = os.fstat(f.fileno())

@@ -3,7 +3,9 @@ torch, PEFT save_pretrained) and on hostile headers written byte by byte."""
 from __future__ import annotations
 
 import json
+import os
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
@@ -378,3 +380,40 @@ def test_parallel_scan_gives_the_serial_results(tmp_path, monkeypatch):
     assert parallel.modules == serial.modules
     assert parallel.tensors == serial.tensors and parallel.problems == serial.problems
     assert sum(m.nonfinite for m in parallel.modules) == 2
+
+
+def test_a_file_large_enough_for_worker_processes_reads_as_in_one(tmp_path, monkeypatch):
+    """A 40 MB adapter takes the forked-worker path by default; its checkpoint must equal
+    the one-process reading, number for number."""
+    import lorascope.ingest._tensorscan as ts
+    rng = np.random.default_rng(7)
+    t = {}
+    for i in range(110):
+        t[f"lora_unet_blocks_{i}_to_q.lora_down.weight"] = (rng.standard_normal((32, 1280)) * 0.02).astype(np.float16)
+        t[f"lora_unet_blocks_{i}_to_q.lora_up.weight"] = (rng.standard_normal((4096, 32)) * 0.01).astype(np.float16)
+        t[f"lora_unet_blocks_{i}_to_q.alpha"] = np.array(16.0, np.float16)
+    t["lora_unet_blocks_7_to_q.lora_up.weight"][5, 5] = np.inf
+    f = tmp_path / "big.safetensors"
+    save_file(t, f)
+    assert f.stat().st_size >= ts.PARALLEL_MIN_BYTES
+    real, pids, me = ts._scan_tasks, tmp_path / "pids", os.getpid()
+    pids.mkdir()
+
+    def tagged(mm, tasks):
+        (pids / str(os.getpid())).touch()
+        if os.getpid() == me:
+            time.sleep(0.02)                       # so a worker surely starts in time
+        return real(mm, tasks)
+
+    monkeypatch.setattr(ts, "_scan_tasks", tagged)
+    parallel = read_checkpoint(f, f.name)
+    if ts._can_fork() and ts._cpus() > 1:
+        assert len(list(pids.iterdir())) >= 2        # a worker process took pieces
+    monkeypatch.setattr(ts, "SCAN_WORKERS", 1)
+    serial = read_checkpoint(f, f.name)
+    assert parallel.modules == serial.modules and parallel.tensors == serial.tensors
+    assert [m.nonfinite for m in parallel.modules].count(1) == 1
+    m0 = parallel.modules[0]
+    down = t["lora_unet_blocks_0_to_q.lora_down.weight"].astype(np.float64)
+    up = t["lora_unet_blocks_0_to_q.lora_up.weight"].astype(np.float64)
+    assert m0.norm == pytest.approx(np.linalg.norm(up @ down) * 16 / 32, rel=1e-4)
