@@ -138,6 +138,8 @@ class Job:
     partner: Job | None = None
     cross: float | None = None
     done: bool = False
+    # on a down job: the LoCon Tucker core between down and up, [k, rank, rank] float64
+    mid: np.ndarray | None = None
 
     def finish(self) -> None:
         self.done = True
@@ -146,7 +148,15 @@ class Job:
             return
         a, b = self.acc.gram, p.acc.gram
         if a is not None and b is not None and a.shape == b.shape:
-            self.cross = p.cross = float(np.vdot(a, b))
+            down, up = (self, p) if self.axis == 1 else (p, self)
+            core = down.mid if down.mid is not None else up.mid
+            if core is None:
+                cross = float(np.vdot(a, b))
+            else:
+                # W_k = U M_k D per kernel position k: ||W_k||^2 = <M_k^T (U^T U) M_k, D D^T>
+                gu, gd = up.acc.gram, down.acc.gram
+                cross = float(sum(np.vdot(m.T @ gu @ m, gd) for m in core))
+            self.cross = p.cross = cross
         self.acc.gram = p.acc.gram = None
 
 

@@ -32,6 +32,7 @@ import contextlib
 import gc
 import json
 import math
+import os
 import re
 import struct
 from collections import Counter
@@ -39,7 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 
+
+from lorascope.ingest import _lycoris
 from lorascope.ingest._tensorscan import NUMPY_DTYPES, Job, TensorInfo, pair, scalar, scan
 from lorascope.model import Checkpoint, Module, Parsed, Source, TensorStat
 
@@ -50,6 +54,7 @@ MAX_DIMS = 16
 MAX_PROBLEMS = 8                      # problem strings kept per file before summarising
 STATS_BUDGET = 2 * 1024 ** 3          # bytes of non-LoRA tensors scanned per file
 MAX_GRAM_RANK = 4096
+MAX_MID = 1 << 24                     # elements of a LoCon Tucker core read into memory
 MAX_ADAPTER_CONFIG = 10 * 1024 * 1024
 
 # safetensors dtype -> bits per element
@@ -64,6 +69,7 @@ DTYPE_BITS = {
 SUFFIXES = (
     (".lora_down.weight", "down", "kohya"),
     (".lora_up.weight", "up", "kohya"),
+    (".lora_mid.weight", "mid", "kohya"),      # LyCORIS LoCon with a Tucker (CP) core
     (".lora.down.weight", "down", "diffusers"),
     (".lora.up.weight", "up", "diffusers"),
     (".lora_linear_layer.down.weight", "down", "diffusers"),
@@ -76,7 +82,8 @@ SUFFIXES = (
 ADAPTER_NAMED_RE = re.compile(r"^(.+)\.lora_(A|B)\.[A-Za-z0-9_-]+\.weight$")
 DIFFUSERS_PREFIXES = ("unet", "text_encoder", "text_encoder_2", "text_encoder_3",
                       "transformer", "prior", "decoder")
-LYCORIS_RE = re.compile(r"\.(hada_w[12]_[ab]|lokr_w[12](_[ab])?|lokr_t2|hada_t[12]|oft_blocks)$")
+# LyCORIS algorithms we list but do not analyse (LoCon, LoHa and LoKr are analysed)
+LYCORIS_RE = re.compile(r"\.(oft_blocks|oft_diag|oft_R|boft_R|boft_blocks|diff|diff_b|w_norm|b_norm)$")
 CKPT_DIR_RE = re.compile(r"(?:^|/)checkpoint-(\d+)/[^/]*$")
 STEP_NAME_RE = re.compile(r"[-_]step-?0*(\d+)$", re.I)
 KOHYA_EPOCH_RE = re.compile(r"-(\d{6})$")
@@ -234,6 +241,7 @@ class _Pair:
     down: TensorInfo | None = None
     up: TensorInfo | None = None
     alpha_t: TensorInfo | None = None
+    mid: TensorInfo | None = None      # conv core [rank, rank, kh, kw] between down and up
     embedding: bool = False
 
 
@@ -462,7 +470,10 @@ def _read(path: Path, rel: str, adapter_config: dict | None, stats_budget: int) 
         return ReadResult(ck, False, facts)
 
     pairs, used = _group(h.tensors)
+    lyco, lyco_used = _lycoris.group(h.tensors)
+    used |= lyco_used
     styles = Counter(p.style for p in pairs.values() if p.down and p.up)
+    styles.update("kohya" if n.startswith("lora_") else "unknown" for n in lyco)
     fmt = styles.most_common(1)[0][0] if styles else "unknown"
     if adapter_config is None and (fmt == "peft" or (not styles and path.name.startswith("adapter_model"))):
         adapter_config = load_adapter_config(path, problems)
@@ -476,12 +487,15 @@ def _read(path: Path, rel: str, adapter_config: dict | None, stats_budget: int) 
     full = [p for p in pairs.values() if p.down and p.up]
     chains = [_chain(p, problems) for p in full]
     jobs: dict[str, Job] = {}
+    mids: list[tuple[Job, TensorInfo, int]] = []
     for p, (rank, chain) in zip(full, chains):
         if p.down.dtype in NUMPY_DTYPES and p.up.dtype in NUMPY_DTYPES:
             d = jobs[p.down.name] = Job(p.down, 1 if chain else None, rank if chain else 0)
             u = jobs[p.up.name] = Job(p.up, 0 if chain else None, rank if chain else 0)
             if chain:
                 pair(d, u)
+                if p.mid is not None:
+                    mids.append((d, p.mid, rank))
     budget = stats_budget
     skipped = 0
     for t in h.tensors:
@@ -504,10 +518,20 @@ def _read(path: Path, rel: str, adapter_config: dict | None, stats_budget: int) 
         with open(path, "rb") as f:
             alpha_values = [scalar(f.fileno(), p.alpha_t) if p.alpha_t is not None else None
                             for p in full]
+            for d, t, rank in mids:
+                d.mid = _mid_core(f.fileno(), t, rank)
+                if d.mid is None:                  # a broken core: norm of up only
+                    d.partner.partner = d.partner = None
         scan(path, list(jobs.values()))
         stats = {name: j.acc.stat(j.t) for name, j in jobs.items()}
         for p, (rank, chain), alpha in zip(full, chains, alpha_values):
             modules.append(_module(p, rank, chain, alpha, alphas, jobs, stats))
+        with open(path, "rb") as f:
+            for layer in lyco.values():
+                alpha = scalar(f.fileno(), layer.alpha_t) if layer.alpha_t is not None else None
+                if alpha is None and layer.name.startswith("lora_"):
+                    alpha = alphas.kohya_alpha
+                modules.append(_lycoris.module(layer, f.fileno(), alpha, stats))
     except (OSError, ValueError) as e:
         problems.add(f"cannot read tensor data ({e})")
         stats, modules = {}, []
@@ -519,16 +543,22 @@ def _read(path: Path, rel: str, adapter_config: dict | None, stats_budget: int) 
         ck.rank = _most_common([m.rank for m in modules])
         ck.alpha = _most_common([m.alpha for m in modules])
         lora_dtypes = [t.dtype for p in pairs.values() if p.down and p.up for t in (p.down, p.up)]
+        lora_dtypes += [t.dtype for layer in lyco.values() for t in layer.parts.values()]
         ck.dtype = _most_common(lora_dtypes)
         ck.target_modules = sorted({leaf_name(p.name, p.style)
-                                    for p in pairs.values() if p.down and p.up})
+                                    for p in pairs.values() if p.down and p.up}
+                                   | {leaf_name(n, "kohya" if n.startswith("lora_") else "peft")
+                                      for n in lyco})
+        if lyco:
+            facts["lycoris_layers"] = len(lyco)
     else:
         ck.dtype = _most_common([t.dtype for t in h.tensors])
         hint = _adapter_hints(path, h.metadata, h.tensors, adapter_config)
         lycoris = sum(1 for t in h.tensors if LYCORIS_RE.search(t.name))
         if lycoris:
             facts["lycoris_layers"] = lycoris
-            problems.add(f"{lycoris} LyCORIS (LoHa/LoKr/OFT) tensors: not analysed")
+            problems.add(f"{lycoris} LyCORIS tensors of an algorithm lorascope does not "
+                         "analyse (OFT, BOFT, full diff, norms)")
         elif not h.tensors:
             ck.format = hint if hint and hint != "unknown-adapter" else "unknown"
             problems.add("file holds no tensors")
@@ -578,7 +608,35 @@ def _chain(p: _Pair, problems: _Problems) -> tuple[int | None, bool]:
                      "shapes do not chain")
     chain = (rank is not None and rank > 0 and len(up.shape) >= 2 and up.shape[1] == rank
              and up_k == 1 and rank <= MAX_GRAM_RANK)
+    if p.mid is not None and chain:
+        # the update is up x mid x down per kernel position: the Grams still give its
+        # norm (see _mid_core), if the core is [rank, rank, ...] and down is 1x1
+        down_k = math.prod(down.shape[2:])
+        m = p.mid.shape
+        if not (len(m) >= 2 and m[0] == rank and m[1] == rank and down_k == 1
+                and p.mid.dtype in NUMPY_DTYPES and p.mid.numel <= MAX_MID):
+            problems.add(f"{p.name[:120]}: mid {list(m)} does not sit between down "
+                         f"{list(down.shape)} and up {list(up.shape)}: norm of up only")
+            chain = False
     return rank, chain
+
+
+def _mid_core(fd: int, t: TensorInfo, rank: int) -> np.ndarray | None:
+    """A LoCon Tucker core ``[rank, rank, kh, kw]`` as float64 ``[k, rank, rank]`` (one
+    r x r matrix per kernel position), read with pread; None if it is not finite."""
+    try:
+        data = os.pread(fd, t.nbytes, t.begin)
+    except OSError:
+        return None
+    if len(data) != t.nbytes or t.numel == 0:
+        return None
+    a = np.frombuffer(data, NUMPY_DTYPES[t.dtype])
+    if t.dtype == "BF16":
+        a = (a.astype(np.uint32) << 16).view(np.float32)
+    elif t.dtype == "F16":
+        a = a.view(np.float16)
+    m = a.astype(np.float64).reshape(rank, rank, -1)
+    return np.ascontiguousarray(m.transpose(2, 0, 1)) if np.isfinite(m).all() else None
 
 
 def _module(p: _Pair, rank: int | None, chain: bool, alpha: float | None,
@@ -598,8 +656,11 @@ def _module(p: _Pair, rank: int | None, chain: bool, alpha: float | None,
             norm *= alpha / (math.sqrt(rank) if rslora else rank)
     else:
         norm = ups.norm
+    nonfinite = a.acc.nonfinite + ups.nonfinite
+    if p.mid is not None and p.mid.name in stats:
+        nonfinite += stats[p.mid.name].nonfinite
     return Module(name=p.name, rank=rank, alpha=alpha, norm=norm if math.isfinite(norm) else None,
-                  mean_abs=ups.mean_abs, zero=ups.zero, nonfinite=a.acc.nonfinite + ups.nonfinite)
+                  mean_abs=ups.mean_abs, zero=ups.zero, nonfinite=nonfinite)
 
 
 def read_checkpoint(path: Path, rel: str, adapter_config: dict | None = None) -> Checkpoint:

@@ -3,6 +3,7 @@ torch, PEFT save_pretrained) and on hostile headers written byte by byte."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import time
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors.numpy import save_file
 
 from lorascope.ingest.safetensors import leaf_name, parse, read_checkpoint, step_from_path
@@ -417,3 +420,122 @@ def test_a_file_large_enough_for_worker_processes_reads_as_in_one(tmp_path, monk
     down = t["lora_unet_blocks_0_to_q.lora_down.weight"].astype(np.float64)
     up = t["lora_unet_blocks_0_to_q.lora_up.weight"].astype(np.float64)
     assert m0.norm == pytest.approx(np.linalg.norm(up @ down) * 16 / 32, rel=1e-4)
+
+
+def test_locon_tucker_core_is_in_the_norm(tmp_path):
+    """LyCORIS LoCon with use_tucker writes down [r, in, 1, 1], mid [r, r, 3, 3] and
+    up [out, r, 1, 1]: the layer's update is up x mid x down, whose norm the file reader
+    gets from the two Gram matrices and the small core."""
+    torch = pytest.importorskip("torch")
+    locon = pytest.importorskip("lycoris.modules.locon")
+    from safetensors.torch import save_file as tsave
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(40, 24, 3, padding=1)
+    m = locon.LoConModule("lora_unet_down_blocks_0_resnets_0_conv1", conv, 1.0,
+                          lora_dim=4, alpha=2, use_tucker=True)
+    with torch.no_grad():
+        m.lora_up.weight.normal_(0, 0.05)          # LyCORIS starts it at zero
+    sd = {f"{m.lora_name}.{k}": v.detach().to(torch.float16).contiguous()
+          for k, v in m.state_dict().items()}
+    assert f"{m.lora_name}.lora_mid.weight" in sd
+    f = tmp_path / "locon.safetensors"
+    tsave(sd, str(f), metadata={"ss_network_module": "lycoris.kohya"})
+    ck = read_checkpoint(f, f.name)
+    assert ck.format == "kohya" and ck.problems == []
+    (mod,) = ck.modules
+    with torch.no_grad():
+        for k, v in m.state_dict().items():        # the weights as stored (float16)
+            v.copy_(sd[f"{m.lora_name}.{k}"].float())
+        expected = float(m.get_diff_weight()[0].double().norm())
+    assert mod.rank == 4 and mod.alpha == 2
+    assert mod.norm == pytest.approx(expected, rel=1e-4)
+    # without the core, the norm would be that of up @ down: clearly different
+    up = sd[f"{m.lora_name}.lora_up.weight"].double().reshape(24, 4)
+    down = sd[f"{m.lora_name}.lora_down.weight"].double().reshape(4, 40)
+    assert abs(float((up @ down).norm()) * 0.5 - expected) > 0.1 * expected
+
+
+def _applied_update(module, linear, torch) -> float:
+    """The norm of the update a LyCORIS layer really adds in training: its forward on
+    the identity, minus the frozen layer's."""
+    eye = torch.eye(linear.in_features)
+    with torch.no_grad():
+        return float((module(eye) - linear(eye)).double().norm())
+
+
+@pytest.mark.parametrize("algo, kwargs", [
+    ("loha", {}),
+    ("lokr", {}),                         # lokr_w1 whole, lokr_w2 = w2_a @ w2_b
+    ("lokr", {"factor": 4}),
+    ("lokr", {"full_matrix": True}),      # both whole: scale 1
+])
+def test_lycoris_loha_and_lokr_layers(tmp_path, algo, kwargs):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("lycoris")
+    from lycoris.modules.loha import LohaModule
+    from lycoris.modules.lokr import LokrModule
+    from safetensors.torch import save_file as tsave
+    torch.manual_seed(1)
+    cls = LohaModule if algo == "loha" else LokrModule
+    layers, sd = [], {}
+    for i, (fan_in, fan_out) in enumerate(((64, 96), (48, 40))):
+        lin = torch.nn.Linear(fan_in, fan_out)
+        m = cls(f"lora_unet_blocks_{i}_attn_to_q", lin, 1.0, lora_dim=4, alpha=2, **kwargs)
+        with torch.no_grad():
+            for n, prm in m.named_parameters():
+                if n.startswith(("hada_", "lokr_")):
+                    prm.normal_(0, 0.1)           # LyCORIS starts one factor at zero
+            for k, v in m.state_dict().items():   # what the file will hold (bf16)
+                v.copy_(v.to(torch.bfloat16).float())
+        layers.append((m, lin))
+        sd.update({f"{m.lora_name}.{k}": v.detach().to(torch.bfloat16).contiguous()
+                   for k, v in m.state_dict().items()})
+    dead_name = layers[1][0].lora_name
+    zero_key = "hada_w2_a" if algo == "loha" else (
+        "lokr_w2" if f"{dead_name}.lokr_w2" in sd else "lokr_w2_b")
+    sd[f"{dead_name}.{zero_key}"].zero_()                       # one layer never trained
+    f = tmp_path / f"{algo}.safetensors"
+    tsave(sd, str(f), metadata={"ss_network_module": "lycoris.kohya", "ss_network_dim": "4"})
+    ck = read_checkpoint(f, f.name)
+    assert ck.format == "kohya" and ck.problems == [], ck.problems
+    assert ck.dtype == "BF16" and ck.target_modules == ["to_q"]
+    mods = {m.name: m for m in ck.modules}
+    assert len(mods) == 2
+    m0, lin0 = layers[0]
+    got = mods[m0.lora_name]
+    keys = m0.state_dict()
+    # LyCORIS stores alpha = rank where it keeps both LoKr factors whole (scale 1)
+    assert got.alpha == float(keys["alpha"]) and not got.zero and got.nonfinite == 0
+    decomposed = any(k.endswith("_b") for k in keys)
+    assert got.rank == (4 if decomposed else None)
+    assert kwargs != {"full_matrix": True} or not decomposed
+    assert got.norm == pytest.approx(_applied_update(m0, lin0, torch), rel=1e-3)
+    dead = mods[layers[1][0].lora_name]
+    assert dead.zero and dead.norm == 0 and dead.mean_abs == 0
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_lycoris_shaped_file_reads_without_losing_statistics(tmp_path, data):
+    """LyCORIS factors with any shapes and dtypes (mismatched, empty, scalars, a
+    lora_mid that does not fit) give modules or problems, never an exception, and every
+    tensor keeps its statistics."""
+    keys = ["hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "lokr_w1",
+            "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2",
+            "lora_down.weight", "lora_up.weight", "lora_mid.weight", "alpha"]
+    header, blob = {}, bytearray()
+    for i in range(data.draw(st.integers(1, 3))):
+        for k in data.draw(st.lists(st.sampled_from(keys), min_size=1, max_size=6, unique=True)):
+            dtype = data.draw(st.sampled_from(["F16", "BF16", "F32", "I8"]))
+            shape = data.draw(st.lists(st.integers(0, 5), min_size=0, max_size=4))
+            n = int(np.prod(shape)) if shape else 1
+            size = {"F16": 2, "BF16": 2, "F32": 4, "I8": 1}[dtype] * n
+            header[f"lora_unet_b{i}_to_q.{k}"] = {"dtype": dtype, "shape": shape,
+                                                  "data_offsets": [len(blob), len(blob) + size]}
+            blob += bytes(data.draw(st.integers(0, 255)) for _ in range(min(size, 4))) + bytes(max(0, size - 4))
+    f = _raw(tmp_path / f"l{data.draw(st.integers(0, 10 ** 9))}.safetensors", header, bytes(blob))
+    ck = read_checkpoint(f, f.name)
+    assert not any("cannot read tensor data" in p for p in ck.problems), ck.problems
+    assert all(t.name in header for t in ck.tensors) and len(ck.tensors) == len(header)
+    for m in ck.modules:
+        assert m.norm is None or (math.isfinite(m.norm) and m.norm >= 0)
