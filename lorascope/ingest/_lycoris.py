@@ -20,12 +20,11 @@ which has already counted their non-finite values (they count as 0 in norms).
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from lorascope.ingest._tensorscan import NUMPY_DTYPES, TensorInfo
+from lorascope.ingest._tensorscan import TensorInfo, read_small
 from lorascope.model import Module, TensorStat
 
 LOHA = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
@@ -64,24 +63,13 @@ def group(tensors: list[TensorInfo]) -> tuple[dict[str, Layer], set[str]]:
 
 
 def _values(fd: int, t: TensorInfo) -> np.ndarray | None:
-    """A factor as float64 (non-finite values as 0), or None if it is too large or
-    cannot be read."""
-    if t.dtype not in NUMPY_DTYPES or not 0 < t.numel <= MAX_FACTOR or not t.shape:
+    """A factor as a float64 matrix (non-finite values as 0), or None if it is too large
+    or cannot be read."""
+    a = read_small(fd, t, MAX_FACTOR) if t.shape else None
+    if a is None:
         return None
-    try:
-        data = os.pread(fd, t.nbytes, t.begin)
-    except OSError:
-        return None
-    if len(data) != t.nbytes:
-        return None
-    a = np.frombuffer(data, NUMPY_DTYPES[t.dtype])
-    if t.dtype == "BF16":
-        a = (a.astype(np.uint32) << 16).view(np.float32)
-    elif t.dtype == "F16":
-        a = a.view(np.float16)
-    x = a.astype(np.float64).reshape(t.shape[0], -1)
-    x[~np.isfinite(x)] = 0.0
-    return x
+    a[~np.isfinite(a)] = 0.0
+    return a.reshape(t.shape[0], -1)
 
 
 def _product_norm(fd: int, a: TensorInfo | None, b: TensorInfo | None,

@@ -562,10 +562,11 @@ def _scan_parallel(path: str, ident: tuple[int, int, int], mm: mmap.mmap,
             _scan_tasks(mm, piece)
 
 
-def scalar(fd: int, t: TensorInfo) -> float | None:
-    """The value of a one-element tensor (kohya's alpha), read with ``pread`` so that no
-    page of the map is touched; None if it is not a finite number."""
-    if t.numel != 1 or t.dtype not in NUMPY_DTYPES:
+def read_small(fd: int, t: TensorInfo, limit: int) -> np.ndarray | None:
+    """A small tensor (an alpha, a Tucker core, a LyCORIS factor) as flat float64, read
+    with ``pread`` so that no page of the map is touched; None if it is empty, holds more
+    than ``limit`` elements or cannot be read."""
+    if t.dtype not in NUMPY_DTYPES or not 0 < t.numel <= limit:
         return None
     try:
         data = os.pread(fd, t.nbytes, t.begin)
@@ -575,9 +576,14 @@ def scalar(fd: int, t: TensorInfo) -> float | None:
         return None
     a = np.frombuffer(data, NUMPY_DTYPES[t.dtype])
     if t.dtype == "BF16":
-        v = float((a.astype(np.uint32) << 16).view(np.float32)[0])
+        a = (a.astype(np.uint32) << 16).view(np.float32)
     elif t.dtype == "F16":
-        v = float(a.view(np.float16)[0])
-    else:
-        v = float(a[0])
+        a = a.view(np.float16)
+    return a.astype(np.float64)
+
+
+def scalar(fd: int, t: TensorInfo) -> float | None:
+    """The value of a one-element tensor (kohya's alpha); None if not a finite number."""
+    a = read_small(fd, t, 1)
+    v = float(a[0]) if a is not None else math.nan
     return v if math.isfinite(v) else None

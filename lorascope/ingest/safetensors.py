@@ -32,7 +32,6 @@ import contextlib
 import gc
 import json
 import math
-import os
 import re
 import struct
 from collections import Counter
@@ -44,7 +43,7 @@ import numpy as np
 
 
 from lorascope.ingest import _lycoris
-from lorascope.ingest._tensorscan import NUMPY_DTYPES, Job, TensorInfo, pair, scalar, scan
+from lorascope.ingest._tensorscan import NUMPY_DTYPES, Job, TensorInfo, pair, read_small, scalar, scan
 from lorascope.model import Checkpoint, Module, Parsed, Source, TensorStat
 
 KIND = "safetensors"
@@ -623,20 +622,11 @@ def _chain(p: _Pair, problems: _Problems) -> tuple[int | None, bool]:
 
 def _mid_core(fd: int, t: TensorInfo, rank: int) -> np.ndarray | None:
     """A LoCon Tucker core ``[rank, rank, kh, kw]`` as float64 ``[k, rank, rank]`` (one
-    r x r matrix per kernel position), read with pread; None if it is not finite."""
-    try:
-        data = os.pread(fd, t.nbytes, t.begin)
-    except OSError:
+    r x r matrix per kernel position); None if it cannot be read or is not finite."""
+    a = read_small(fd, t, MAX_MID)
+    if a is None or not np.isfinite(a).all():
         return None
-    if len(data) != t.nbytes or t.numel == 0:
-        return None
-    a = np.frombuffer(data, NUMPY_DTYPES[t.dtype])
-    if t.dtype == "BF16":
-        a = (a.astype(np.uint32) << 16).view(np.float32)
-    elif t.dtype == "F16":
-        a = a.view(np.float16)
-    m = a.astype(np.float64).reshape(rank, rank, -1)
-    return np.ascontiguousarray(m.transpose(2, 0, 1)) if np.isfinite(m).all() else None
+    return np.ascontiguousarray(a.reshape(rank, rank, -1).transpose(2, 0, 1))
 
 
 def _module(p: _Pair, rank: int | None, chain: bool, alpha: float | None,
