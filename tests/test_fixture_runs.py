@@ -61,7 +61,7 @@ def test_intended_symptom_is_found(run, rule, severity, step, tol, cause):
         assert cause in [c["rule"] for c in f["causes"]], f["causes"]
 
 
-@pytest.mark.parametrize("run", ["hf-healthy", "lf-healthy", "sd-healthy"])
+@pytest.mark.parametrize("run", ["hf-healthy", "lf-healthy", "sd-healthy", "sd-loha"])
 def test_healthy_runs_have_no_warning_or_critical(run):
     doc = analyze(run)
     assert rules_at(doc, "critical", "warning") == []
@@ -117,3 +117,28 @@ def test_crash_cites_the_exception_and_its_fix_drops_the_corrupt_file():
     f = finding(analyze("sd-corrupt-jpeg"), "run.incomplete")
     assert any("OSError: image file is truncated" in e for e in f["evidence"])
     assert f["fix"] == {"exclude_files": ["dataset/image_013.jpg"]}
+
+
+def test_lycoris_loha_checkpoints_are_read_as_layers():
+    """sd-loha trains LyCORIS LoHa layers: every checkpoint is read as 30 layers of rank
+    4 and alpha 2, none zero, and the layers move away from their start as training
+    goes on (the norm of each update grows from epoch 2 to the end)."""
+    import numpy as np
+    from safetensors import safe_open
+
+    from lorascope.ingest.safetensors import read_checkpoint
+    out = fixture_run("sd-loha") / "output"
+    cks = [read_checkpoint(out / n, n) for n in ("shapesdemo-000002.safetensors",
+                                                 "shapesdemo.safetensors")]
+    for ck in cks:
+        assert ck.format == "kohya" and ck.problems == [] and ck.rank == 4 and ck.alpha == 2
+        assert len(ck.modules) == 30 and not any(m.zero or m.nonfinite for m in ck.modules)
+    early, final = ({m.name: m.norm for m in ck.modules} for ck in cks)
+    assert sum(final[k] > early[k] for k in final) >= 25
+    # one layer's norm against the LoHa update computed from the file's own tensors
+    name = "lora_unet_down_blocks_0_attentions_0_proj_in"
+    with safe_open(str(out / "shapesdemo.safetensors"), framework="np") as f:
+        w = {k: f.get_tensor(f"{name}.{k}").astype(np.float64)
+             for k in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha")}
+    dw = (w["hada_w1_a"] @ w["hada_w1_b"].reshape(4, -1)) * (w["hada_w2_a"] @ w["hada_w2_b"].reshape(4, -1))
+    assert final[name] == pytest.approx(float(np.linalg.norm(dw)) * float(w["alpha"]) / 4, rel=1e-6)

@@ -18,7 +18,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 RUNS = Path(__file__).resolve().parent.parent / "fixtures" / "runs"
 SD_RUNS = ["sd-healthy", "sd-lr-spike", "sd-nan-degenerate", "sd-corrupt-jpeg",
-           "sd-bad-metadata", "sd-epoch-jump", "sd-zero-lr"]
+           "sd-bad-metadata", "sd-epoch-jump", "sd-zero-lr", "sd-loha"]
+LORA_RUNS = [n for n in SD_RUNS if n != "sd-loha"]
 KOHYA_STEP_TAGS = {"loss/current", "loss/average", "lr/unet", "lr/textencoder"}
 
 
@@ -78,7 +79,7 @@ def test_events_hold_kohya_tags(name):
     assert ep_steps == list(range(1, len(ep_steps) + 1))
 
 
-@pytest.mark.parametrize("name", [n for n in SD_RUNS if n != "sd-corrupt-jpeg"])
+@pytest.mark.parametrize("name", [n for n in LORA_RUNS if n != "sd-corrupt-jpeg"])
 def test_final_lora_has_kohya_keys_and_metadata(name):
     cfg = config(name)
     out = run(name) / cfg["output_dir"]
@@ -191,6 +192,21 @@ def test_zero_lr_adapter_stays_zero():
         tensors, _ = lora(f)
         ups = [t for k, t in tensors.items() if k.endswith("lora_up.weight")]
         assert ups and all(not t.any() for t in ups)
+
+
+def test_loha_run_holds_lycoris_layers():
+    cfg = config("sd-loha")
+    assert cfg["network_module"] == "lycoris.kohya" and cfg["network_args"] == ["algo=loha"]
+    tensors, meta = lora(run("sd-loha") / "output" / "shapesdemo.safetensors")
+    assert meta["ss_network_module"] == "lycoris.kohya"
+    assert meta["ss_network_args"] == '{"algo": "loha"}'
+    names = {k.rsplit(".", 1)[0] for k in tensors}
+    assert len(names) == 30 and not any(k.endswith("lora_down.weight") for k in tensors)
+    for n in names:
+        for part in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha"):
+            assert f"{n}.{part}" in tensors, (n, part)
+        assert tensors[f"{n}.hada_w1_b"].shape[0] == cfg["network_dim"]
+        assert tensors[f"{n}.hada_w2_a"].any()          # LyCORIS starts it at zero: trained
 
 
 def test_total_size_is_small():
