@@ -8,7 +8,8 @@ A LoCon layer is an ordinary down/up pair (``safetensors.py`` reads it, with its
   forming the two products a block of rows at a time (memory: one block).
 * LoKr: ``dW = kron(W1, W2) * scale`` where each ``W`` is stored whole (``lokr_w1``) or as
   ``lokr_w1_a @ lokr_w1_b``; ``||kron(W1, W2)|| = ||W1|| * ||W2||``.  ``scale`` is
-  ``alpha / rank`` when a factor is decomposed (rank = that factor's inner size), else 1.
+  ``alpha / rank`` when a factor is decomposed (rank = that factor's inner size), else 1,
+  and such a layer has no rank and no alpha (LyCORIS stores its lora_dim as the alpha).
 
 These are the conventions of the programs that apply the files (LyCORIS when it loads a
 state dict, ComfyUI, A1111).  ``zero`` and ``mean_abs`` describe the factor LyCORIS starts
@@ -120,6 +121,10 @@ def module(layer: Layer, fd: int, alpha: float | None, stats: dict[str, TensorSt
         n2 = None if tucker else _product_norm(fd, p.get("lokr_w2_a"), p.get("lokr_w2_b"),
                                                p.get("lokr_w2"), stats)
         norm = n1 * n2 if n1 is not None and n2 is not None else None
+    if layer.kind == "lokr" and rank is None:
+        # both factors whole: no scaling (LyCORIS then stores alpha = its lora_dim, which
+        # says nothing about the run's network_alpha)
+        alpha = None
     if norm is not None and alpha is not None and rank:
         norm *= alpha / rank
     z = stats.get(zero_part.name) if zero_part is not None else None

@@ -215,8 +215,8 @@ def _check_tensor(name: str, info: Any, data_start: int, data_len: int,
     if begin < 0 or end < begin or end > data_len:
         return _bad(problems, name, f"data_offsets {_clip([begin, end])} lie outside the "
                                     f"{data_len} bytes of tensor data (file truncated?)")
-    numel = 1
-    for d in shape:                # Python ints: no overflow; capped by the file size below
+    numel = 0 if 0 in shape else 1
+    for d in shape if numel else ():   # Python ints: no overflow; capped by the file size
         numel *= d
         if numel > data_len * 8:
             break
