@@ -6,7 +6,8 @@ reads it once to warm the page cache, then times, each in a fresh subprocess so 
 its peak RSS (ru_maxrss) is its own:
 
 * ``lorascope``: ``lorascope.ingest.safetensors.read_checkpoint`` (header checks,
-  per-tensor stats and exact effective-update norms, numpy only);
+  per-tensor stats and exact effective-update norms, numpy only); ``lorascope1``: the
+  same in one process (no forked scan workers);
 * ``torch`` / ``torch1``: ``safetensors.torch.load_file`` + per-tensor stats in torch
   (non-finite count, abs max, norm and mean |w| of finite elements) + the same
   Gram-matrix effective norms; torch with its default threads / with one thread.
@@ -16,7 +17,7 @@ from the parent across fork + exec). Wall and CPU seconds are both printed: on a
 machine the CPU seconds tell more.
 
 Usage: python bench/bench_ckpt.py [--size-gb 1.0] [--dtype bf16|f16] [--rank 64] [--repeat 3]
-       [--dir DIR] [--methods lorascope,torch,torch1]
+       [--dir DIR] [--methods lorascope,lorascope1,torch,torch1]
 """
 from __future__ import annotations
 
@@ -138,8 +139,11 @@ def _cpu() -> float:
 
 
 def worker(method: str, path: str) -> None:
-    if method == "lorascope":
+    if method.startswith("lorascope"):
+        import lorascope.ingest._tensorscan as ts
         import lorascope.ingest.safetensors  # noqa: F401  (imports before the baseline)
+        if method == "lorascope1":
+            ts.SCAN_WORKERS = 1              # one process: what the worker processes add
     else:
         import torch
         import safetensors.torch  # noqa: F401
@@ -147,7 +151,7 @@ def worker(method: str, path: str) -> None:
             torch.set_num_threads(1)
     rss0 = _hwm_mb()
     c0 = _cpu()
-    out = work_lorascope(path) if method == "lorascope" else work_torch(path)
+    out = work_lorascope(path) if method.startswith("lorascope") else work_torch(path)
     out["cpu_seconds"] = _cpu() - c0
     out["peak_rss_mb"] = _hwm_mb()
     # forked scan workers (lorascope on Linux): the largest one's peak; its pages shared

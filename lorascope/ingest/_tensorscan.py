@@ -61,7 +61,7 @@ BATCH = 1 << 20                        # float32 elements widened per call (4 Mi
 MAX_GAP = 1 << 16                      # bytes of unscanned data a batch may step over
 SCAN_WORKERS = 4                       # processes scanning one file (at most one per CPU)
 PIECES_PER_WORKER = 32                 # pieces of the file per process, for load balance
-PARALLEL_MIN_BYTES = 32 * 1024 * 1024  # below this, starting workers costs more than it saves
+PARALLEL_MIN_BYTES = 256 * 1024 * 1024 # below this, starting workers costs more than it saves
 DROP_EVERY = 64 * 1024 * 1024          # larger tensors release their pages block by block
 FAULT_AROUND = 256 * 1024              # a page fault may map this much around it (Linux: 64 KiB)
 
