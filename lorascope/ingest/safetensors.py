@@ -41,7 +41,6 @@ from typing import Any
 
 import numpy as np
 
-
 from lorascope.ingest import _lycoris
 from lorascope.ingest._tensorscan import NUMPY_DTYPES, Job, TensorInfo, pair, read_small, scalar, scan
 from lorascope.model import Checkpoint, Module, Parsed, Source, TensorStat
@@ -132,10 +131,6 @@ def _clip(v: Any) -> str:
     """A header value for a problem string: a 400-digit dimension stays short."""
     s = str(v)
     return s if len(s) <= 80 else s[:77] + "..."
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def read_header(path: Path, problems: _Problems) -> Header:
@@ -441,7 +436,8 @@ def _adapter_hints(path: Path, metadata: dict[str, str], tensors: list[TensorInf
 def _no_gc():
     """The cyclic garbage collector paused: a header of 20k tensors makes 100k small
     objects, and the collections they trigger (each walking the whole heap of the
-    analysis so far) cost more than reading the file.  Nothing made here is cyclic."""
+    analysis so far) cost more than reading the file.  The only cycles made here (the
+    down and up jobs of a layer point at each other) are collected once it runs again."""
     was = gc.isenabled()
     gc.disable()
     try:
