@@ -188,9 +188,10 @@ class Scanner:
         self.mm = mm
         # 64-byte aligned: BLAS splits its sums by alignment, and results must not depend
         # on which process (or malloc arena) scanned a tensor
-        raw = np.empty(BATCH + 16, np.float32)
+        size = max(BATCH, 4096)            # a column block of a down weight holds >= rank
+        raw = np.empty(size + 16, np.float32)
         skip = (-raw.ctypes.data % 64) // 4
-        self.buf = raw[skip:skip + BATCH]
+        self.buf = raw[skip:skip + size]
 
     def widen(self, dtype: str, raw: np.ndarray) -> np.ndarray:
         """float32 values of raw bits (any shape) of a FAST dtype."""
