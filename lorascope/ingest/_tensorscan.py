@@ -545,8 +545,8 @@ def _scan_parallel(path: str, ident: tuple[int, int, int], mm: mmap.mmap,
                     for k, results in recv.recv():
                         _apply(pieces[k], results)
                         done[k] = True
-            except (EOFError, OSError):
-                pass                           # the worker died: its pieces are redone here
+            except Exception:                  # noqa: BLE001 - died, or sent garbage:
+                pass                           # its pieces are redone here
     except RuntimeError:
         pass                                   # the counters' lock is lost: redo the rest here
     finally:
