@@ -34,6 +34,8 @@ TUCKER = ("hada_t1", "hada_t2", "lokr_t2")
 KEYS = frozenset(LOHA + LOKR + TUCKER)
 MAX_FACTOR = 1 << 26            # elements of one factor read into memory
 BLOCK = 1 << 22                 # elements of an update formed at a time (LoHa)
+MAX_UPDATE = 1 << 28            # elements of a LoHa update we form at all (16k x 16k)
+MAX_WORK = 1 << 34              # multiply-adds spent on one layer's norm (a few seconds)
 
 
 @dataclass
@@ -84,6 +86,8 @@ def _product_norm(fd: int, a: TensorInfo | None, b: TensorInfo | None,
     x, y = _values(fd, a), _values(fd, b)
     if x is None or y is None or x.shape[1] != y.shape[0]:
         return None
+    if x.shape[1] * (x.size + y.size) > MAX_WORK:
+        return None                            # a rank no real layer has: bounded time
     gx, gy = x.T @ x, y @ y.T                 # ||x y||^2 = <x^T x, y y^T>
     return math.sqrt(max(float(np.vdot(gx, gy)), 0.0))
 
@@ -96,6 +100,9 @@ def _loha_norm(fd: int, p: dict[str, TensorInfo]) -> float | None:
     if not (w1a.shape[1] == w1b.shape[0] and w2a.shape[1] == w2b.shape[0]
             and w1a.shape[0] == w2a.shape[0] and w1b.shape[1] == w2b.shape[1]):
         return None
+    if (w1a.shape[0] * w1b.shape[1] > MAX_UPDATE
+            or w1a.shape[0] * w1b.shape[1] * (w1a.shape[1] + w2a.shape[1]) > MAX_WORK):
+        return None                            # no real layer is this large: bounded time
     rows = max(1, BLOCK // max(1, w1b.shape[1]))
     total = 0.0
     for i in range(0, w1a.shape[0], rows):

@@ -53,6 +53,7 @@ MAX_PROBLEMS = 8                      # problem strings kept per file before sum
 STATS_BUDGET = 2 * 1024 ** 3          # bytes of non-LoRA tensors scanned per file
 MAX_GRAM_RANK = 4096
 MAX_MID = 1 << 24                     # elements of a LoCon Tucker core read into memory
+MAX_MID_WORK = 1 << 33                # multiply-adds of its norm (k * rank^3; real: ~2e7)
 MAX_ADAPTER_CONFIG = 10 * 1024 * 1024
 
 # safetensors dtype -> bits per element
@@ -609,7 +610,7 @@ def _chain(p: _Pair, problems: _Problems) -> tuple[int | None, bool]:
         down_k = math.prod(down.shape[2:])
         m = p.mid.shape
         if not (len(m) >= 2 and m[0] == rank and m[1] == rank and down_k == 1
-                and p.mid.dtype in NUMPY_DTYPES and p.mid.numel <= MAX_MID):
+                and p.mid.dtype in NUMPY_DTYPES and p.mid.numel * rank <= MAX_MID_WORK):
             problems.add(f"{p.name[:120]}: mid {list(m)} does not sit between down "
                          f"{list(down.shape)} and up {list(up.shape)}: norm of up only")
             chain = False

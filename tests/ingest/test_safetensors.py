@@ -551,3 +551,23 @@ def test_an_empty_tensor_in_a_file_without_data_is_fine(tmp_path):
     ck = read_checkpoint(f, f.name)
     assert ck.problems == []
     assert [(t.name, t.shape, t.zero) for t in ck.tensors] == [("w", (1, 0), False)]
+
+
+def test_a_loha_layer_too_large_to_form_gets_no_norm(tmp_path, monkeypatch):
+    """Bounded time: a LoHa update is formed only up to MAX_UPDATE elements (a hostile
+    file could declare 67M x 67M with rank-1 factors)."""
+    import lorascope.ingest._lycoris as ly
+    monkeypatch.setattr(ly, "MAX_UPDATE", 100)
+    rng = np.random.default_rng(2)
+    t = {f"lora_unet_a_to_q.{k}": rng.standard_normal(s).astype(np.float32)
+         for k, s in (("hada_w1_a", (20, 2)), ("hada_w1_b", (2, 10)),
+                      ("hada_w2_a", (20, 2)), ("hada_w2_b", (2, 10)))}
+    f = tmp_path / "big_loha.safetensors"
+    save_file(t, f)
+    (m,) = read_checkpoint(f, f.name).modules
+    assert m.norm is None and m.rank == 2 and not m.zero
+    monkeypatch.setattr(ly, "MAX_UPDATE", 1 << 28)
+    (m,) = read_checkpoint(f, f.name).modules
+    dw = (t["lora_unet_a_to_q.hada_w1_a"] @ t["lora_unet_a_to_q.hada_w1_b"]).astype(np.float64) * \
+        (t["lora_unet_a_to_q.hada_w2_a"] @ t["lora_unet_a_to_q.hada_w2_b"])
+    assert m.norm == pytest.approx(float(np.linalg.norm(dw)), rel=1e-5)   # no alpha: scale 1
