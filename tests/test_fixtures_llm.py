@@ -10,17 +10,11 @@ import pytest
 import yaml
 from safetensors import safe_open
 
-RUNS = Path(__file__).resolve().parents[1] / "fixtures" / "runs"
-MODELS = RUNS.parent / "models"
+from helpers import FIXTURES, fixture_run
+
+MODELS = FIXTURES.parent / "models"
 LLM_RUNS = ["hf-healthy", "hf-lr-diverge", "hf-overfit", "hf-zero-lr", "hf-killed",
             "hf-reused-dir", "lf-healthy", "lf-base-not-loaded"]
-
-
-def _need(name: str) -> Path:
-    run = RUNS / name
-    if not run.is_dir():
-        pytest.skip(f"fixture {name} not generated")
-    return run
 
 
 def _state(path: Path) -> dict:
@@ -42,7 +36,7 @@ def _ckpts(run: Path) -> list[Path]:
 
 @pytest.mark.parametrize("name", LLM_RUNS)
 def test_trainer_states_parse_and_hold_history(name):
-    run = _need(name)
+    run = fixture_run(name)
     states = list(run.glob("checkpoint-*/trainer_state.json")) + list(run.glob("trainer_state.json"))
     assert states
     for p in states:
@@ -53,7 +47,7 @@ def test_trainer_states_parse_and_hold_history(name):
 
 @pytest.mark.parametrize("name", LLM_RUNS)
 def test_adapters_use_peft_layout(name):
-    run = _need(name)
+    run = fixture_run(name)
     files = list(run.glob("**/adapter_model.safetensors"))
     assert files
     for f in files:
@@ -77,7 +71,7 @@ def test_base_model_is_small_and_loadable_by_name():
 
 
 def test_healthy_run_learns_and_is_complete():
-    run = _need("hf-healthy")
+    run = fixture_run("hf-healthy")
     st = _state(run / "trainer_state.json")
     tr = _losses(st["log_history"])
     ev = _losses(st["log_history"], "eval_loss")
@@ -93,7 +87,7 @@ def test_healthy_run_learns_and_is_complete():
 
 
 def test_lr_diverge_has_checkpoints_before_onset():
-    run = _need("hf-lr-diverge")
+    run = fixture_run("hf-lr-diverge")
     st = _state(run / "trainer_state.json")
     tr = _losses(st["log_history"])
     steps = np.array([s for s, _ in tr])
@@ -109,7 +103,7 @@ def test_lr_diverge_has_checkpoints_before_onset():
 
 
 def test_overfit_eval_rises_while_train_falls():
-    run = _need("hf-overfit")
+    run = fixture_run("hf-overfit")
     hist = _state(run / "trainer_state.json")["log_history"]
     ev, tr = _losses(hist, "eval_loss"), _losses(hist)
     best_step, best = min(ev, key=lambda t: t[1])
@@ -120,7 +114,7 @@ def test_overfit_eval_rises_while_train_falls():
 
 
 def test_zero_lr_adapter_B_is_exactly_zero():
-    run = _need("hf-zero-lr")
+    run = fixture_run("hf-zero-lr")
     for f in [run / "adapter_model.safetensors", *(_ckpts(run)[i] / "adapter_model.safetensors"
                                                    for i in range(len(_ckpts(run))))]:
         t = _tensors(f)
@@ -133,7 +127,7 @@ def test_zero_lr_adapter_B_is_exactly_zero():
 
 
 def test_killed_run_has_no_final_outputs():
-    run = _need("hf-killed")
+    run = fixture_run("hf-killed")
     assert not (run / "adapter_model.safetensors").exists()
     assert not (run / "trainer_state.json").exists()
     ck = _ckpts(run)
@@ -146,7 +140,7 @@ def test_killed_run_has_no_final_outputs():
 
 
 def test_reused_dir_mixes_two_runs():
-    run = _need("hf-reused-dir")
+    run = fixture_run("hf-reused-dir")
     assert len(list((run / "logs").glob("events.out.tfevents.*"))) == 2
     plans = {(_state(p / "trainer_state.json")["max_steps"],
               _state(p / "trainer_state.json")["train_batch_size"]) for p in _ckpts(run)}
@@ -155,7 +149,7 @@ def test_reused_dir_mixes_two_runs():
 
 
 def test_lf_layout_files():
-    run = _need("lf-healthy")
+    run = fixture_run("lf-healthy")
     lines = [json.loads(x) for x in (run / "trainer_log.jsonl").read_text().splitlines()]
     assert lines and {"current_steps", "total_steps", "loss", "lr", "epoch", "percentage",
                       "elapsed_time", "remaining_time"} <= set(lines[0])
@@ -173,7 +167,7 @@ def test_lf_layout_files():
 
 
 def test_lf_base_not_loaded_warns_and_stays_high():
-    run, ok = _need("lf-base-not-loaded"), _need("lf-healthy")
+    run, ok = fixture_run("lf-base-not-loaded"), fixture_run("lf-healthy")
     log = (run / "running_log.txt").read_text(encoding="utf-8")
     assert "LOAD REPORT" in log and "MISSING" in log and "newly initialized" in log
     assert "LOAD REPORT" not in (ok / "running_log.txt").read_text(encoding="utf-8")

@@ -6,7 +6,6 @@ with TensorBoard's own EventAccumulator, LoRA files with safetensors, images wit
 from __future__ import annotations
 
 import csv
-import math
 import tomllib
 from pathlib import Path
 
@@ -16,18 +15,12 @@ from PIL import Image
 from safetensors import safe_open
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-RUNS = Path(__file__).resolve().parent.parent / "fixtures" / "runs"
+from helpers import fixture_run as run
+
 SD_RUNS = ["sd-healthy", "sd-lr-spike", "sd-nan-degenerate", "sd-corrupt-jpeg",
            "sd-bad-metadata", "sd-epoch-jump", "sd-zero-lr", "sd-loha"]
 LORA_RUNS = [n for n in SD_RUNS if n != "sd-loha"]
 KOHYA_STEP_TAGS = {"loss/current", "loss/average", "lr/unet", "lr/textencoder"}
-
-
-def run(name: str) -> Path:
-    p = RUNS / name
-    if not p.is_dir():
-        pytest.skip(f"fixture run {name} not generated")
-    return p
 
 
 def events(name: str) -> EventAccumulator:
