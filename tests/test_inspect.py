@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 from safetensors.numpy import save_file
 
 from lorascope.inspect import exit_status, inspect_files, render_inspect_text

@@ -1,6 +1,5 @@
 """The HTML post-mortem, opened in a real headless Chromium (Debian's `chromium`)."""
 import json
-import math
 import shutil
 from pathlib import Path
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from helpers import lorascope
-from hostile.util import analyze, assert_clear_answer, base_run, problems_of, run_limited, strict_json
+from hostile.util import analyze, base_run, problems_of, strict_json
 
 pytestmark = pytest.mark.timeout(240)
 
