@@ -49,14 +49,16 @@ class Layer:
 def group(tensors: list[TensorInfo]) -> tuple[dict[str, Layer], set[str]]:
     """LoHa / LoKr layers by name, and the tensor names they use (alphas included)."""
     layers: dict[str, Layer] = {}
-    by_name = {t.name: t for t in tensors}
     for t in tensors:
         name, _, leaf = t.name.rpartition(".")
         if leaf in KEYS and name:
             kind = "loha" if leaf.startswith("hada") else "lokr"
             layer = layers.setdefault(name, Layer(name, kind))
             layer.parts[leaf] = t
+    if not layers:
+        return layers, set()
     used = {t.name for layer in layers.values() for t in layer.parts.values()}
+    by_name = {t.name: t for t in tensors}
     for name, layer in layers.items():
         a = by_name.get(name + ".alpha")
         if a is not None:

@@ -149,19 +149,35 @@ class Job:
         a, b = self.acc.gram, p.acc.gram
         if a is not None and b is not None and a.shape == b.shape:
             down, up = (self, p) if self.axis == 1 else (p, self)
-            core = down.mid if down.mid is not None else up.mid
-            if core is None:
+            if down.mid is None:
                 cross = float(np.vdot(a, b))
             else:
                 # W_k = U M_k D per kernel position k: ||W_k||^2 = <M_k^T (U^T U) M_k, D D^T>
                 gu, gd = up.acc.gram, down.acc.gram
-                cross = float(sum(np.vdot(m.T @ gu @ m, gd) for m in core))
+                cross = float(sum(np.vdot(m.T @ gu @ m, gd) for m in down.mid))
             self.cross = p.cross = cross
         self.acc.gram = p.acc.gram = None
 
 
 def pair(down: Job, up: Job) -> None:
     down.partner, up.partner = up, down
+
+
+def _sums(x: np.ndarray, axis: int | None, rank: int) -> tuple[float, float, np.ndarray | None]:
+    """sum |x|, sum x^2 and, for axis 0 / 1, the float64 Gram matrix (x^T x of an
+    ``[n, rank]`` block, x x^T of a ``[rank, n]`` one; its trace is sum x^2)."""
+    single = x.dtype == np.float32
+    flat = x.reshape(-1)
+    abs_sum = float((blas.sasum if single else blas.dasum)(flat))
+    if axis is None:
+        return abs_sum, float((blas.sdot if single else blas.ddot)(flat, flat)), None
+    if axis:
+        m = x.reshape(rank, -1)
+        g = (m @ m.T).astype(np.float64)
+    else:
+        m = x.reshape(-1, rank)
+        g = (m.T @ m).astype(np.float64)
+    return abs_sum, float(g.trace()), g
 
 
 def _magnitude_bits(hi_unsigned, hi_signed, sign: int):
@@ -242,27 +258,16 @@ class Scanner:
         bad = (bits >= inf).tolist()
         val = self.widen(dtype, raw)
         lo, hi = F32_SAFE
-        asum, dot = blas.sasum, blas.sdot
         for k, j in zip(seg, jobs):
             s = starts[k]
             x = val[s:s + j.t.numel]
             m = top[k]
             if bad[k] or not (lo <= m <= hi or m == 0.0):
                 self.add(j, x, m, bad[k])          # the general path: cleaning, float64
-            else:                                  # the common case, inlined: a batch
-                acc = j.acc                        # holds whole tensors, so assign
-                acc.count, acc.abs_max, acc.abs_sum = x.size, m, asum(x)
-                if j.axis is None:
-                    acc.sq_sum = dot(x, x)
-                else:
-                    if j.axis:
-                        w = x.reshape(j.rank, -1)
-                        g = w @ w.T
-                    else:
-                        w = x.reshape(-1, j.rank)
-                        g = w.T @ w
-                    acc.gram = g = g.astype(np.float64)
-                    acc.sq_sum = float(g.trace())
+            else:                                  # the common case: a batch holds
+                acc = j.acc                        # whole tensors, so assign
+                acc.count, acc.abs_max = x.size, m
+                acc.abs_sum, acc.sq_sum, acc.gram = _sums(x, j.axis, j.rank)
             j.finish()
 
     def one(self, j: Job) -> None:
@@ -314,20 +319,14 @@ class Scanner:
         acc.abs_max = max(acc.abs_max, top)
         if x.dtype == np.float32 and not (F32_SAFE[0] <= top <= F32_SAFE[1] or top == 0.0):
             x = x.astype(np.float64)            # huge or tiny values: squares would overflow
-        single = x.dtype == np.float32
-        if j.axis is None:
-            flat = x.reshape(-1)
-            acc.abs_sum += float((blas.sasum if single else blas.dasum)(flat))
-            acc.sq_sum += float((blas.sdot if single else blas.ddot)(flat, flat))
-            return
-        acc.abs_sum += float((blas.sasum if single else blas.dasum)(x.reshape(-1)))
-        m = x.reshape(-1, j.rank) if j.axis == 0 else x.reshape(j.rank, -1)
-        g = ((m.T @ m) if j.axis == 0 else (m @ m.T)).astype(np.float64)
-        if acc.gram is None:
-            acc.gram = g
-        else:
-            acc.gram += g
-        acc.sq_sum += float(g.trace())
+        abs_sum, sq_sum, g = _sums(x, j.axis, j.rank)
+        acc.abs_sum += abs_sum
+        acc.sq_sum += sq_sum
+        if g is not None:
+            if acc.gram is None:
+                acc.gram = g
+            else:
+                acc.gram += g
 
     def drop(self, begin: int, nbytes: int) -> None:
         """Unmap scanned pages (they stay in the page cache), so that the resident memory
