@@ -511,23 +511,23 @@ def _read(path: Path, rel: str, adapter_config: dict | None, stats_budget: int) 
     stats: dict[str, TensorStat] = {}
     modules: list[Module] = []
     try:
-        with open(path, "rb") as f:
-            alpha_values = [scalar(f.fileno(), p.alpha_t) if p.alpha_t is not None else None
+        with open(path, "rb") as f:           # small reads (pread) around the scan
+            fd = f.fileno()
+            alpha_values = [scalar(fd, p.alpha_t) if p.alpha_t is not None else None
                             for p in full]
             for d, t, rank in mids:
-                d.mid = _mid_core(f.fileno(), t, rank)
+                d.mid = _mid_core(fd, t, rank)
                 if d.mid is None:                  # a broken core: norm of up only
                     d.partner.partner = d.partner = None
-        scan(path, list(jobs.values()))
-        stats = {name: j.acc.stat(j.t) for name, j in jobs.items()}
-        for p, (rank, chain), alpha in zip(full, chains, alpha_values):
-            modules.append(_module(p, rank, chain, alpha, alphas, jobs, stats))
-        with open(path, "rb") as f:
+            scan(path, list(jobs.values()))
+            stats = {name: j.acc.stat(j.t) for name, j in jobs.items()}
+            for p, (rank, chain), alpha in zip(full, chains, alpha_values):
+                modules.append(_module(p, rank, chain, alpha, alphas, jobs, stats))
             for layer in lyco.values():
-                alpha = scalar(f.fileno(), layer.alpha_t) if layer.alpha_t is not None else None
+                alpha = scalar(fd, layer.alpha_t) if layer.alpha_t is not None else None
                 if alpha is None and layer.name.startswith("lora_"):
                     alpha = alphas.kohya_alpha
-                modules.append(_lycoris.module(layer, f.fileno(), alpha, stats))
+                modules.append(_lycoris.module(layer, fd, alpha, stats))
     except (OSError, ValueError) as e:
         problems.add(f"cannot read tensor data ({e})")
         stats, modules = {}, []
