@@ -10,7 +10,7 @@ from lorascope import __version__
 from lorascope.build import build_run
 from lorascope.diagnose import diagnose, verdict
 from lorascope.model import Finding, Run
-from lorascope.rules.registry import REGISTRY, load_catalog, load_rule_modules, params_for
+from lorascope.rules.registry import REGISTRY, Context, load_catalog, load_rule_modules, params_for
 
 
 @dataclass
@@ -43,9 +43,10 @@ def run_rules(run: Run, catalog: dict) -> tuple[list[Finding], list[str]]:
     load_rule_modules()
     findings: list[Finding] = []
     errors: list[str] = []
+    ctx = Context(catalog)
     for rid in sorted(REGISTRY):
         spec = REGISTRY[rid]
-        p = params_for(rid, catalog)
+        p = params_for(rid, catalog, ctx)
         if p.entry.get("severity") == "off" or not _needs_met(run, spec.needs):
             continue
         try:

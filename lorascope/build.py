@@ -34,7 +34,9 @@ PARSERS: dict[str, tuple[str, str]] = {
 # Tag name -> role.  Order matters: the first pattern that matches wins, and among
 # several series of one role the builder lists preferred names first.
 ROLE_PATTERNS: list[tuple[str, re.Pattern]] = [
-    ("eval_loss", re.compile(r"^(eval|val|valid|validation|test)[/_]loss$|^loss/(val|validation|eval)$")),
+    # eval_<name>_loss: HF Trainer with a dict of eval datasets (eval/<name>_loss in TensorBoard)
+    ("eval_loss", re.compile(r"^(eval|val|valid|validation|test)[/_]loss$|^loss/(val|validation|eval)$"
+                             r"|^(eval|val|valid|validation|test)[/_][^/]+[/_]loss$")),
     ("train_loss", re.compile(r"^(train/)?loss$|^train[/_]loss$|^loss/(current|step|train)$|^training[/_]loss$")),
     ("lr", re.compile(r"^(train/)?(learning_rate|lr)$|^lr/.+|^lr$")),
     ("grad_norm", re.compile(r"^(train/)?(grad_norm|gradient_norm|grad-norm)$|^grad_norm/.+")),

@@ -308,17 +308,19 @@ class Curve:
 _CACHE: dict[tuple, tuple] = {}
 
 
-def prepare(series: Series | None, run: Run | None = None, *, log: bool | None = None) -> Curve | None:
+def prepare(series: Series | None, run: Run | None = None, *, log: bool | None = None,
+            ds_target: int = DS_TARGET) -> Curve | None:
     """Prepare a series (cached per array object). ``log=None`` picks the mode from the
-    values: log space for positive losses that do not start near zero."""
+    values: log space for positive losses that do not start near zero. Curves longer than
+    ``ds_target`` points get a downsampled copy of about that many block medians."""
     if series is None:
         return None
     key = (id(series.values), id(series.steps), len(series.values), log,
-           _grad_accum(run))
+           _grad_accum(run), int(ds_target))
     hit = _CACHE.get(key)
     if hit is not None and hit[0] is series.values:
         return hit[1]
-    cur = _prepare(series, run, log)
+    cur = _prepare(series, run, log, int(ds_target))
     if len(_CACHE) > 16:
         _CACHE.clear()
     _CACHE[key] = (series.values, cur)
@@ -336,7 +338,7 @@ def _grad_accum(run: Run | None) -> int:
     return g if 2 <= g <= 4096 else 1
 
 
-def _prepare(series: Series, run: Run | None, log: bool | None) -> Curve | None:
+def _prepare(series: Series, run: Run | None, log: bool | None, ds_target: int = DS_TARGET) -> Curve | None:
     v = np.asarray(series.values, dtype=float)
     st = np.asarray(series.steps, dtype=np.int64)
     ok = np.isfinite(v)
@@ -347,7 +349,10 @@ def _prepare(series: Series, run: Run | None, log: bool | None) -> Curve | None:
     init = float(np.median(raw[: max(3, n // 10)]))
     positive = bool((raw > 0).all())
     if log is None:
-        log = bool((raw >= 0).all()) and init >= NEAR_ZERO_LEVEL and (
+        # a diffusion loss is an MSE: strictly positive and multiplicative however small
+        # its level (0.02-0.05 is common); only preference / RL losses live near zero
+        diffusion = run is not None and run.task == "sd" and positive
+        log = bool((raw >= 0).all()) and (init >= NEAR_ZERO_LEVEL or diffusion) and (
             positive or float(np.mean(raw == 0)) < 0.9)
     elif log and not positive:
         log = False
@@ -379,7 +384,7 @@ def _prepare(series: Series, run: Run | None, log: bool | None) -> Curve | None:
         y = raw.copy()
         mode = "linear"
     cur = Curve(series.name, steps, raw, y, mode, offset, robust_noise(y), len(v), rescaled)
-    cur.ds_steps, cur.ds_y, cur.ds_starts, cur.block = downsample(steps, y)
+    cur.ds_steps, cur.ds_y, cur.ds_starts, cur.block = downsample(steps, y, max(10, ds_target))
     cur.ds_sigma = robust_noise(cur.ds_y) if cur.block > 1 else cur.sigma
     return cur
 

@@ -76,12 +76,35 @@ def load_rule_modules() -> dict[str, RuleSpec]:
     return REGISTRY
 
 
+class Context:
+    """What the rules of one run share: the whole catalog and the curve-analysis stage's
+    result (computed once, on first use, for the run being analysed)."""
+
+    def __init__(self, catalog: dict[str, dict]):
+        self.catalog = catalog
+        self._curves: tuple[int, Any] | None = None
+
+    def curves(self, run: Run):
+        if self._curves is None or self._curves[0] != id(run):
+            from lorascope.curves import analyze_curves
+            self._curves = (id(run), analyze_curves(run, self.catalog))
+        return self._curves[1]
+
+
 @dataclass
 class Params:
-    """What a rule reads from the catalog: severity, thresholds, texts."""
+    """What a rule reads from the catalog: severity, thresholds, texts, and (through its
+    context) what the stages before the rules computed for the run."""
 
     rule_id: str
     entry: dict[str, Any] = field(default_factory=dict)
+    context: Context | None = None
+
+    def curves(self, run: Run):
+        """The run's curve analysis (:mod:`lorascope.curves`): its episodes and owners."""
+        if self.context is None:
+            self.context = Context({**load_catalog(), self.rule_id: self.entry})
+        return self.context.curves(run)
 
     @property
     def severity(self) -> str:
@@ -160,6 +183,8 @@ def load_catalog(override: Path | None = None) -> dict[str, dict]:
             if not isinstance(entry, dict):
                 raise CatalogError(f"rules file {override}: {rid} must be a table")
             sev = entry.get("severity")
+            if sev is not None and is_stage(cat[rid]):
+                raise CatalogError(f"rules file {override}: {rid} is a stage, it has no severity")
             if sev is not None and sev not in SEVERITIES + ("off",):
                 raise CatalogError(f"rules file {override}: {rid}.severity must be one of "
                                    f"{', '.join(SEVERITIES + ('off',))}")
@@ -173,5 +198,15 @@ def load_catalog(override: Path | None = None) -> dict[str, dict]:
     return cat
 
 
-def params_for(rule_id: str, catalog: dict[str, dict]) -> Params:
-    return Params(rule_id, catalog.get(rule_id, {}))
+def params_for(rule_id: str, catalog: dict[str, dict], context: Context | None = None) -> Params:
+    return Params(rule_id, catalog.get(rule_id, {}), context or Context(catalog))
+
+
+def is_stage(entry: dict) -> bool:
+    """A catalog entry of a stage (``kind = "stage"``): thresholds, no rule, no severity."""
+    return isinstance(entry, dict) and entry.get("kind") == "stage"
+
+
+def rule_entries(catalog: dict[str, dict]) -> dict[str, dict]:
+    """The catalog's rules (stages left out)."""
+    return {k: v for k, v in catalog.items() if not is_stage(v)}
