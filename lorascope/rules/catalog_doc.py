@@ -5,7 +5,7 @@ import inspect
 import re
 from pathlib import Path
 
-from lorascope.rules.registry import DOC_SECTIONS, REGISTRY, load_catalog, load_rule_modules
+from lorascope.rules.registry import DOC_SECTIONS, REGISTRY, is_stage, load_catalog, load_rule_modules
 
 
 def parse_doc(doc: str) -> dict:
@@ -22,8 +22,12 @@ def catalog_document(override: Path | None = None) -> dict:
     load_rule_modules()
     cat = load_catalog(override)
     rules = []
+    stages = [{"id": sid, "summary": e.get("summary", ""), "params": e.get("params", {}),
+               "rationale": e.get("rationale", "")} for sid, e in sorted(cat.items()) if is_stage(e)]
     for rid in sorted(set(cat) | set(REGISTRY)):
         entry = cat.get(rid, {})
+        if is_stage(entry):
+            continue
         spec = REGISTRY.get(rid)
         doc = parse_doc(spec.doc if spec else "")
         rules.append({
@@ -38,11 +42,16 @@ def catalog_document(override: Path | None = None) -> dict:
             "doc": {s: doc.get(s, "") for s in DOC_SECTIONS},
             "implemented": spec is not None,
         })
-    return {"schema": "lorascope.rules/1", "rules": rules}
+    return {"schema": "lorascope.rules/1", "rules": rules, "stages": stages}
 
 
 def render_catalog_text(doc: dict) -> str:
     lines = []
+    for st in doc.get("stages", []):
+        lines.append(f"{st['id']}  [stage]  {st['summary']}")
+        if st["params"]:
+            lines.append("  thresholds: " + ", ".join(f"{k}={v}" for k, v in st["params"].items()))
+        lines.append("")
     for r in doc["rules"]:
         lines.append(f"{r['id']}  [{r['severity']}]  {r['summary']}")
         for s in DOC_SECTIONS:
@@ -80,12 +89,31 @@ def rule_page(r: dict) -> str:
     return "\n".join(out)
 
 
+def stage_page(st: dict) -> str:
+    out = [f"# The `{st['id']}` stage", "", f"{st['summary']}", "",
+           "Not a rule: the stage between the run model and the rules whose result every curve "
+           "rule reads. Its thresholds can be overridden like a rule's with "
+           f"`--rules FILE` (`[{st['id']}.params]`).", ""]
+    if st["params"]:
+        out += ["## Thresholds", "", "| param | default |", "|---|---|"]
+        out += [f"| `{k}` | `{v}` |" for k, v in st["params"].items()]
+        out.append("")
+    if st["rationale"]:
+        out += ["## Rationale", "", st["rationale"].strip(), ""]
+    out += ["_Generated from `rules/` by `python -m lorascope.rules.catalog_doc`._", ""]
+    return "\n".join(out)
+
+
 def index_page(doc: dict) -> str:
     out = ["# lorascope rules", "",
            "Generated from the catalog (`rules/*.toml`) and the rule docstrings. "
            "Override severities and thresholds with `lorascope analyze --rules FILE`.", "",
            "| id | severity | what it detects |", "|---|---|---|"]
     out += [f"| [`{r['id']}`](rules/{r['id']}.md) | {r['severity']} | {r['summary']} |" for r in doc["rules"]]
+    if doc.get("stages"):
+        out += ["", "Stages the rules read (thresholds only, no findings of their own):", "",
+                "| stage | what it computes |", "|---|---|"]
+        out += [f"| [`{st['id']}`](rules/{st['id']}.md) | {st['summary']} |" for st in doc["stages"]]
     return "\n".join(out) + "\n"
 
 
@@ -96,6 +124,10 @@ def generate(docs_dir: Path) -> list[Path]:
     for r in doc["rules"]:
         p = docs_dir / "rules" / f"{r['id']}.md"
         p.write_text(rule_page(r), encoding="utf-8")
+        written.append(p)
+    for st in doc.get("stages", []):
+        p = docs_dir / "rules" / f"{st['id']}.md"
+        p.write_text(stage_page(st), encoding="utf-8")
         written.append(p)
     p = docs_dir / "rules.md"
     p.write_text(index_page(doc), encoding="utf-8")
