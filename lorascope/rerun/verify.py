@@ -2,10 +2,15 @@
 
 verdict
   fixed         the baseline reproduced the symptom (or no baseline was asked for) and the
-                diagnosed rule does not fire in the fixed replay's window
-  not_fixed     the diagnosed rule still fires with the fix applied
+                diagnosed symptom does not appear in the fixed replay's window
+  not_fixed     the diagnosed symptom still appears with the fix applied
   inconclusive  the baseline was asked for but did not reproduce, a training failed, or a
                 replay does not reproduce the original run at its first replayed step
+
+A symptom is the diagnosed rule or any rule that can own the same curve episode
+(lorascope.curves): loss.spike and loss.divergence both report a loss that rose above its
+earlier level, and a replay may rise by the other shape (a fresh optimizer often jumps where
+the original climbed).
 
 The reproduction check
   A replay resumes from the checkpoint's adapter weights on the original data order, so
@@ -153,14 +158,30 @@ def check_reproduction(original, replay, start: int, label: str = "replay") -> R
     return Reproduction(label, bool(ok), step=step, original=orig, replayed=rep, tolerance=tol)
 
 
+def same_symptom(rule: str) -> set[str]:
+    """The rules that can report the same curve episode as ``rule`` (the arbiter picks one
+    by the episode's shape: a loss that rose and stays up is a spike when it jumped and a
+    divergence when it climbed; a replay that reproduces the failure may show either)."""
+    from lorascope.curves.model import KINDS
+    out = {rule}
+    for owners in KINDS.values():
+        if rule in owners:
+            out |= set(owners)
+    return out
+
+
+def has_symptom(rule: str, rules: list[str] | None) -> bool:
+    return rules is not None and bool(same_symptom(rule) & set(rules))
+
+
 def decide(rule: str, baseline: list[str] | None, fixed: list[str] | None,
            failed: bool, reproduced: bool = True) -> str:
     """`reproduced` False: a replay does not start where the original run was."""
     if failed or fixed is None or not reproduced:
         return "inconclusive"
-    if baseline is not None and rule not in baseline:
+    if baseline is not None and not has_symptom(rule, baseline):
         return "inconclusive"
-    return "not_fixed" if rule in fixed else "fixed"
+    return "not_fixed" if has_symptom(rule, fixed) else "fixed"
 
 
 def rerun_document(plan: Plan, device: str, baseline: ReplayResult | None,
@@ -178,7 +199,7 @@ def rerun_document(plan: Plan, device: str, baseline: ReplayResult | None,
         "applied_fix": _jsonable(dict(plan.fix)),
         "device": device,
         "baseline": None if baseline is None else {
-            "reproduced": bool(baseline_rules is not None and plan.rule in baseline_rules),
+            "reproduced": has_symptom(plan.rule, baseline_rules),
             "findings": list(baseline_rules or []),
         },
         "fixed": {"out": str(fixed.out_dir), "findings": list(fixed_rules or []),

@@ -72,6 +72,10 @@ def test_from_scratch_first_step_is_the_base_models_loss():
 
 def test_a_replay_that_does_not_reproduce_makes_the_verdict_inconclusive():
     assert decide("loss.divergence", ["loss.divergence"], [], False) == "fixed"
+    # the same episode by the other shape: a replay that jumps where the run climbed
+    assert decide("loss.divergence", ["loss.spike"], [], False) == "fixed"
+    assert decide("loss.divergence", ["loss.spike"], ["loss.spike"], False) == "not_fixed"
+    assert decide("loss.divergence", ["grad.explosion"], [], False) == "inconclusive"
     assert decide("loss.divergence", ["loss.divergence"], [], False,
                   reproduced=False) == "inconclusive"
     assert decide("loss.divergence", None, ["loss.divergence"], False,
