@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from lorascope.rules.catalog_doc import catalog_document, index_page, rule_page
-from lorascope.rules.registry import DOC_SECTIONS, REGISTRY, SEVERITIES, load_catalog, load_rule_modules
+from lorascope.rules.catalog_doc import catalog_document, index_page, rule_page, stage_page
+from lorascope.rules.registry import (DOC_SECTIONS, REGISTRY, SEVERITIES, load_catalog, load_rule_modules,
+                                      rule_entries)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTRACT = ROOT.parent / "shared" / "spec" / "CONTRACT.md"
@@ -15,6 +16,7 @@ CONTRACT_IDS = {
     "loss.nonfinite": "critical", "loss.spike": "critical", "loss.divergence": "critical",
     "loss.plateau": "critical", "loss.oscillation": "warning", "loss.epoch_jump": "warning",
     "overfit": "warning", "eval.missing": "warning", "grad.explosion": "critical",
+    "grad.nonfinite": "info",
     "run.mixed": "warning", "run.incomplete": "warning", "log.base_model_not_loaded": "critical",
     "log.no_trainable_params": "critical", "log.oom": "critical", "ckpt.zero_adapter": "critical",
     "ckpt.nonfinite": "critical", "ckpt.norm_growth": "warning", "ckpt.config_mismatch": "warning",
@@ -45,13 +47,22 @@ def test_every_contract_id_is_registered_with_its_default_severity():
 
 def test_catalog_and_registry_agree():
     load_rule_modules()
-    cat = load_catalog()
+    cat = rule_entries(load_catalog())
     assert set(cat) == set(REGISTRY)
     for rid, entry in cat.items():
         assert entry["severity"] in SEVERITIES
         assert entry.get("summary"), f"{rid} has no summary"
         for cause in entry.get("causes", {}):
             assert cause in cat, f"{rid} names unknown cause {cause}"
+
+
+def test_stages_document_their_thresholds():
+    doc = catalog_document()
+    assert [s["id"] for s in doc["stages"]] == ["curves"]
+    for st in doc["stages"]:
+        assert st["params"] and st["rationale"]
+        for k in st["params"]:
+            assert k in st["rationale"], f"{st['id']}: {k} is not explained"
 
 
 def test_every_rule_documents_the_four_sections():
@@ -70,6 +81,10 @@ def test_generated_docs_are_current():
     for r in doc["rules"]:
         p = ROOT / "docs" / "rules" / f"{r['id']}.md"
         if not p.is_file() or p.read_text(encoding="utf-8") != rule_page(r):
+            stale.append(p.name)
+    for st in doc["stages"]:
+        p = ROOT / "docs" / "rules" / f"{st['id']}.md"
+        if not p.is_file() or p.read_text(encoding="utf-8") != stage_page(st):
             stale.append(p.name)
     idx = ROOT / "docs" / "rules.md"
     if not idx.is_file() or idx.read_text(encoding="utf-8") != index_page(doc):

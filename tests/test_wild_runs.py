@@ -33,11 +33,24 @@ def test_every_run_is_read(reports):
         assert any(s["records"] > 0 for s in doc["run"]["sources"]), name
 
 
-def test_no_critical_finding_on_the_public_runs(reports):
-    # none of these published runs is broken in a way their files show: a critical
-    # finding here would be a claim the numbers do not support
+# Public runs whose numbers do show a failure, checked by hand: qlora-justinbstrong's loss
+# climbs from 1.0 to 29.6 over its ten logged points at a constant learning rate.
+BROKEN = {"qlora-justinbstrong": ["loss.divergence"]}
+# Runs whose eval loss rises 30-150% from its best while the train loss keeps falling
+# (Whisper / T5-style runs with few evaluations, HF named eval sets eval_g0..g2_loss).
+OVERFIT = {"hf-neiro", "hf-swapnil-ckpts", "hf-trainer-state-viz", "hf-whisper-hi", "hf-whisper-ja-5k"}
+
+
+def test_critical_findings_on_the_public_runs_are_the_broken_ones(reports):
+    # the other published runs are not broken in a way their files show: a critical
+    # finding there would be a claim the numbers do not support
     crit = {n: [f["rule"] for f in d["findings"] if f["severity"] == "critical"] for n, d in reports.items()}
-    assert {n: r for n, r in crit.items() if r} == {}
+    assert {n: r for n, r in crit.items() if r} == BROKEN
+
+
+def test_overfitting_public_runs_are_reported(reports):
+    flagged = {n for n, d in reports.items() if any(f["rule"] == "overfit" for f in d["findings"])}
+    assert flagged == OVERFIT
 
 
 def test_preference_and_rl_losses_get_no_ratio_based_curve_warning(reports):
@@ -53,5 +66,5 @@ def test_mixed_runs_are_the_ones_provenance_names(reports):
 
 def test_fp16_skipped_steps_are_not_a_nan_loss(reports):
     # hf-kg-llm: grad_norm NaN at skipped fp16 steps, loss finite throughout
-    fs = [f for f in reports["hf-kg-llm"]["findings"] if f["rule"] == "loss.nonfinite"]
-    assert all(f["severity"] == "info" for f in fs)
+    rules = {f["rule"]: f["severity"] for f in reports["hf-kg-llm"]["findings"]}
+    assert "loss.nonfinite" not in rules and rules.get("grad.nonfinite") == "info"

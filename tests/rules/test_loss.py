@@ -42,11 +42,23 @@ def test_nonfinite_finds_nan_hidden_by_the_logging_filter():
         assert alarms(rid, make_run(v, grad=g)) == []
 
 
-def test_isolated_nonfinite_grad_norm_with_finite_loss_is_only_info():
+def test_isolated_nonfinite_grad_norm_with_finite_loss_is_grad_nonfinite_info():
+    # fp16 loss-scaler skipped steps: their own id, so a CI gating on loss.nonfinite passes
     g = np.full(800, 0.5)
     g[[100, 420, 650]] = np.inf
-    (f,) = check("loss.nonfinite", make_run(healthy(), grad=g))
-    assert f.severity == "info" and "skipped" in f.title
+    run = make_run(healthy(), grad=g)
+    assert check("loss.nonfinite", run) == []
+    (f,) = check("grad.nonfinite", run)
+    assert f.severity == "info" and "skipped" in f.title and f.step == 101
+
+
+def test_many_nonfinite_grad_norms_with_finite_loss_are_a_warning():
+    g = np.full(800, 0.5)
+    g[300:340] = np.nan
+    run = make_run(healthy(), grad=g)
+    assert check("loss.nonfinite", run) == []
+    (f,) = check("grad.nonfinite", run)
+    assert f.severity == "warning" and f.step == 301 and "many" in f.title
 
 
 @pytest.mark.parametrize("recover", [True, False])
@@ -59,10 +71,19 @@ def test_spike_fires_at_the_jump_and_says_whether_it_recovered(recover):
     assert alarms("loss.divergence", make_run(np.exp(y))) == []
 
 
-def test_spike_ignores_one_outlier_and_loss_times_grad_accum():
+def test_short_spike_is_found_and_a_hard_batch_is_not():
+    # one logged point at 6x its neighbours in a smooth averaged loss is a spike (it came
+    # back at once: warning); a 1.8x hard batch is noise
     v = healthy(1000, 0.05)
     v[500] *= 6
+    (f,) = alarms("loss.spike", make_run(v))
+    assert f.severity == "warning" and f.step == 501 and "recovered at once" in f.title
+    v = healthy(1000, 0.05)
+    v[500] *= 1.8
     assert alarms("loss.spike", make_run(v)) == []
+
+
+def test_spike_ignores_loss_times_grad_accum():
     v = healthy(1000, 0.05)
     v[700:] *= 8     # the trainer started logging loss * grad_accum
     assert alarms("loss.spike", make_run(v, config={"grad_accum": 8})) == []
