@@ -159,22 +159,19 @@ def analyze(run_dirs, fmt, html, no_html, fail_on, rules_file, jobs):
 def inspect(files, fmt):
     """Show what is inside LoRA safetensors files (format, rank, alpha, per-layer norms)."""
     try:
-        from lorascope.inspect import inspect_files, render_inspect_text
+        from lorascope.inspect import exit_status, inspect_files, render_inspect_text
     except ImportError:
         _die("inspect is not available in this build")
     doc = inspect_files([Path(f) for f in files])
-    readable = [f for f in doc["files"] if f["format"] != "unknown" or f.get("modules")]
     if fmt == "json":
         click.echo(_dump(doc))
     else:
         click.echo(_safe(render_inspect_text(doc)))
-    if not readable and all(f["problems"] for f in doc["files"]):
+    status = exit_status(doc)       # a file cut short is not a readable one (CONTRACT §6)
+    if status == EXIT_USAGE:
         for f in doc["files"]:
             click.echo(_safe(f"lorascope: {f['path']}: {'; '.join(f['problems'][:2])}"), err=True)
-        sys.exit(EXIT_USAGE)
-    if any(f["zero_modules"] or f["nonfinite_modules"] for f in doc["files"]):
-        sys.exit(EXIT_FINDINGS)
-    sys.exit(EXIT_OK)
+    sys.exit(status)
 
 
 @cli.command()

@@ -779,7 +779,7 @@ def epoch_analysis(cur: Curve, run: Run, q: dict) -> dict | None:
 
 
 def _running_average_artifact(cur: Curve, run: Run, name: str, bounds_idx: list[int]) -> bool:
-    if run.facts.get("loss_running_average"):
+    if run.loss_is_running_average:
         return True
     low = name.lower()
     if "average" in low or "avg" in low or "ema" in low.split("/"):
