@@ -13,6 +13,10 @@ from lorascope.model import Finding, Run
 from lorascope.rules.registry import REGISTRY, load_catalog, load_rule_modules, params_for
 
 
+class NoSuchRun(Exception):
+    """--run names a run the folder does not hold (exit 2)."""
+
+
 @dataclass
 class Analysis:
     run: Run
@@ -80,7 +84,7 @@ def analyze(run_dir: Path | str, rules_file: Path | None = None, *, catalog: dic
     if run_id is not None:
         ids = [r.id for r in runs]
         if run_id not in ids:
-            raise ValueError(f"{run_dir}: no run {run_id!r} (runs: {', '.join(ids)})")
+            raise NoSuchRun(f"{run_dir}: no run {run_id!r} (runs: {', '.join(ids)})")
         pick = ids.index(run_id)
     main = _analyse(runs[pick], catalog)
     main.others = [_analyse(r, catalog) for i, r in enumerate(runs) if i != pick]

@@ -39,13 +39,13 @@ def _html_target(run_name: str, html: str | None, several: bool) -> Path:
 
 def _analyze_one(args: tuple) -> tuple[str, dict | None, str | None, str | None]:
     """Worker: (run_dir, rules, html_target|None, progress) -> (run_dir, doc, html, error)."""
-    run_dir, rules_file, html_target, progress = args
-    from lorascope.analyze import analyze, report_document
+    run_dir, rules_file, html_target, progress, run_id = args
+    from lorascope.analyze import NoSuchRun, analyze, report_document
     from lorascope.build import Unreadable
     from lorascope.rules.registry import CatalogError
     try:
-        a = analyze(run_dir, rules_file, progress=progress)
-    except Unreadable as e:
+        a = analyze(run_dir, rules_file, progress=progress, run_id=run_id)
+    except (Unreadable, NoSuchRun) as e:
         return run_dir, None, None, str(e)
     except CatalogError as e:
         return run_dir, None, None, str(e)
@@ -92,7 +92,10 @@ def cli() -> None:
               help="TOML file overriding rule severities and thresholds.")
 @click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Analyze this many runs in parallel.")
-def analyze(run_dirs, fmt, html, no_html, fail_on, rules_file, jobs):
+@click.option("--run", "run_id", default=None, metavar="ID",
+              help="A folder holding several runs: report on this one (run-1 is the oldest; "
+                   "default: the latest).")
+def analyze(run_dirs, fmt, html, no_html, fail_on, rules_file, jobs, run_id):
     """Analyze one or more trainer output directories."""
     from lorascope.rules.registry import CatalogError, load_catalog
     if html and no_html:
@@ -108,7 +111,7 @@ def analyze(run_dirs, fmt, html, no_html, fail_on, rules_file, jobs):
     for d in run_dirs:
         name = Path(d).resolve().name or "run"
         target = None if no_html else str(_html_target(name, html, several))
-        tasks.append((d, Path(rules_file) if rules_file else None, target, progress))
+        tasks.append((d, Path(rules_file) if rules_file else None, target, progress, run_id))
     if jobs > 1 and several:
         with ProcessPoolExecutor(max_workers=min(jobs, len(tasks))) as ex:
             results = list(ex.map(_analyze_one, tasks))

@@ -137,8 +137,12 @@ def planned(cfg: dict, data: DataCount) -> Plan | None:
             return None
         batches = math.ceil(views / max(1, bs))
         per = math.ceil(batches / max(1, nd) / max(1, ga))
-        rep = f" x {data.repeats:g} repeats" if data.repeats and data.repeats != 1 and data.items else ""
-        what = f"{data.items} images{rep}" if data.items and data.views is None else f"{views} images x repeats"
+        if data.items and data.repeats and abs(data.items * data.repeats - views) < 0.5:
+            what = f"{data.items} images x {data.repeats:g} repeats"
+        elif data.items and views == data.items:
+            what = f"{data.items} images"
+        else:
+            what = f"{views} images x repeats"
         return Plan(int(ep * per), f"{ep:g} epochs x ceil({what} / batch {bs}"
                     + (f" / {nd} devices" if nd > 1 else "") + (f" / accumulation {ga}" if ga > 1 else "")
                     + f") = {int(ep)} x {per} steps")
