@@ -26,7 +26,7 @@ import numpy as np
 
 from lorascope.ingest._lines import MAX_LINE, ReadStats, iter_lines
 from lorascope.model import ConfigValue, LogEvent, Parsed, RawSeries, Source
-from lorascope.trainers import hf_trainer, kohya
+from lorascope.trainers import hf_trainer, kohya, lora_scripts
 
 KIND = "text_log"
 MAX_EVENTS_PER_KIND = 200
@@ -167,6 +167,9 @@ NEEDLES: list[tuple[str, ...]] = [
     ("nan", " inf", "=inf", "infinity"), ("nan loss", "inf loss", "detected in loss"),
     ("gradient overflow",),
 ]
+# each trainer module's own event lines (lorascope.trainers.<name>.LOG_EVENTS)
+PATTERNS += lora_scripts.LOG_EVENTS
+NEEDLES += lora_scripts.LOG_NEEDLES
 assert len(NEEDLES) == len(PATTERNS)
 # Substring tests on the lower-cased line are far cheaper than one big case-insensitive
 # regex alternation (which Python's re does not optimise): most lines pass no gate.

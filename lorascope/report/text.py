@@ -58,7 +58,8 @@ def render_text(doc: dict, color: bool = False, html_path: str | None = None) ->
     steps = run["steps"]
     span = ""
     if steps["last"] is not None:
-        span = f", steps {steps['first']}-{steps['last']}"
+        span = (f", steps {steps['first']}-{steps['last']}" if steps["first"] is not None
+                else f", step {steps['last']}")
         if steps["planned"]:
             span += f" of {steps['planned']} planned"
     lines.append(f"{run['path']}  ({run['trainer']}, {run['task']}{span})")

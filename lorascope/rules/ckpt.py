@@ -94,11 +94,8 @@ def ckpt_truncated(run: Run, p: Params) -> list[Finding]:
         return []
     ev = []
     for c in cut[:10]:
-        outside = [x for x in c.problems if "outside" in x]
-        detail = "; ".join(c.problems[:2]) if c.problems else "unreadable"
-        ev.append(f"{c.path}: {c.size_bytes} bytes, {len(c.modules)} layers readable"
-                  + (f", {len(outside)}+ tensors outside the file" if outside else "")
-                  + f" ({detail})")
+        ev.append(f"{c.path}: {c.size_bytes} bytes, {len(c.modules)} layers could be read"
+                  + (f"; {c.problems[0]}" if c.problems else ""))
     good = [c for c in run.checkpoints if not c.truncated and c.modules and c.step is not None]
     first = _first_step(cut)
     if first is not None:

@@ -73,6 +73,14 @@ SEED_KEYS = {k for key in KEYS for k in key.names} | {"task_type"}
 TASKS = {"sd": "sd", "llm": "llm", "image": "sd", "text": "llm"}
 DATA_FILE_EXTS = (".json", ".jsonl", ".csv", ".parquet", ".txt", ".tsv")
 PATH_KEYS = ("base_model", "train_data_dir", "metadata_path", "data_dir")
+# console lines: the articles tell their readers to look for these two
+LOG_EVENTS = [
+    ("base_model_loaded", re.compile(r"Successfully loaded base model:?\s*(\S*)"),
+     lambda m, line: {"path": m.group(1)} if m.group(1) else {}),
+    ("base_model_not_loaded", re.compile(r"base model not found at (\S+?);?(?:\s|$)"),
+     lambda m, line: {"path": m.group(1)}),
+]
+LOG_NEEDLES = [("successfully loaded base model",), ("base model not found",)]
 # checkpoints: <output_dir>/checkpoint-<step>/<file>.safetensors
 CHECKPOINT_DIR_RE = re.compile(r"^checkpoint-(\d+)$")
 
@@ -119,12 +127,10 @@ def planned_yaml(cfg: dict, data: DataCount) -> Plan | None:
 
 
 def replay_yaml(edit, plan, out_dir: Path) -> None:
-    """New output dir (its logs follow it), ``max_steps`` = the window's end (epochs
-    dropped), ``resume_from_checkpoint`` = the ``checkpoint-<step>`` folder before the
-    symptom."""
+    """New output dir (its logs follow it), ``max_steps`` = the window's end (the epochs
+    stay: the schedule keeps its length, training stops at max_steps),
+    ``resume_from_checkpoint`` = the ``checkpoint-<step>`` folder before the symptom."""
     edit.put("output_dir", str(out_dir))
-    for k in ("epochs", "num_epochs"):
-        edit.pop(k)
     edit.put("max_steps", plan.end)
     edit.pop("resume_from_checkpoint")
     if plan.checkpoint is not None:
