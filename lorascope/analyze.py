@@ -116,7 +116,8 @@ def report_document(a: Analysis) -> dict:
             "path": run.path,
             "trainer": run.trainer,
             "task": run.task,
-            "sources": [s.to_json() for s in run.sources],
+            # every file read in the folder; each run's own are in `runs`
+            "sources": [s.to_json() for s in (run.folder_sources or run.sources)],
             "config": run.config.to_json(),
             "steps": run.steps.to_json(),
         },

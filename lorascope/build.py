@@ -741,7 +741,13 @@ def build_folder(run_dir: Path | str, *, jobs: int | None = None, progress: bool
     if len(runs) > 1 or lin.evidence:
         refs = tuple(RunRef(r.id, tuple(s.path for s in sorted(
             r.sources, key=lambda s: s.kind not in CURVE_KINDS)), r.steps) for r in runs)
-        runs = [replace(r, mixed=tuple(lin.evidence), others=tuple(x for x in refs if x.id != r.id))
+        seen: dict[int, Source] = {}
+        for r in runs:
+            for s in r.sources:
+                seen.setdefault(id(s), s)
+        every = tuple(sorted(seen.values(), key=lambda s: order.get(id(s), 1 << 30)))
+        runs = [replace(r, mixed=tuple(lin.evidence), others=tuple(x for x in refs if x.id != r.id),
+                        folder_sources=every)
                 for r in runs]
     return Folder(runs=runs, evidence=list(lin.evidence))
 

@@ -346,10 +346,13 @@ class Run:
     latest: bool = True
     mixed: tuple[str, ...] = ()
     others: tuple[RunRef, ...] = ()
+    # every file read in the folder, this run's and the others' (the report's
+    # run.sources); empty when the folder holds one run (then it is `sources`)
+    folder_sources: tuple[Source, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("sources", "series", "epoch_boundaries", "checkpoints", "datasets",
-                     "events", "cut_logs", "mixed", "others"):
+                     "events", "cut_logs", "mixed", "others", "folder_sources"):
             v = getattr(self, name)
             if not isinstance(v, tuple):
                 object.__setattr__(self, name, tuple(v))
