@@ -437,7 +437,7 @@ def _lr_from_series(series: list[Series], cfg_values: dict) -> ConfigValue | Non
 
 
 def _planned(cfg: Config, state: Parsed | None, pieces: list[lineage.Piece], logs: list[Parsed],
-             layout: trainers.Layout | None, data: DataSize, views: int | None
+             layout: trainers.Layout | None, data: DataSize, views: int | None, split: bool
              ) -> tuple[int | None, str | None, float | None]:
     """(planned steps, where they come from, steps per epoch the plan implies)."""
     def ok(v) -> int | None:
@@ -462,7 +462,7 @@ def _planned(cfg: Config, state: Parsed | None, pieces: list[lineage.Piece], log
         return ms, cfg.origins["max_steps"].where() if "max_steps" in cfg.origins else "config", None
     if layout is not None and layout.planned is not None:
         eff = {k: cfg.effective(k) for k in set(cfg.values) | set(cfg.implied)}
-        plan = layout.planned(eff, trainers.DataCount(data.items, data.repeats, views))
+        plan = layout.planned(eff, trainers.DataCount(data.items, data.repeats, views, split))
         if plan is not None and ok(plan.steps):
             ep = cfg.get("epochs")
             spe = plan.steps / ep if isinstance(ep, (int, float)) and ep > 0 and plan.steps else None
@@ -583,7 +583,12 @@ def _assemble(run_dir: Path, name: str, share: _Share, *, latest: bool, rid: str
 
     layout = _main_layout(configs, trainer)
     logs = [p for p in share.parsed if p.source.kind in ("text_log", "trainer_log")]
-    planned, planned_from, spe_plan = _planned(cfg, state, share.pieces, logs, layout, data, views)
+    # HF's "Num examples" in a log is the training split the trainer counted itself
+    o = origins.get("num_train_items")
+    split = o is not None and any(p.source.path == o.file and p.source.kind == "text_log"
+                                  for p in everything)
+    planned, planned_from, spe_plan = _planned(cfg, state, share.pieces, logs, layout, data,
+                                               views, split)
     bounds, spe = epoch_boundaries(series, last, spe_plan)
     interval = next((int(f["logging_interval"]) for f in facts_list if f.get("logging_interval")), None)
     steps = StepInfo(first=first, last=last, planned=planned, planned_from=planned_from,

@@ -148,6 +148,11 @@ def test_kohya_dataset_sizes_from_what_kohya_leaves(tmp_path):
         "network_module": "networks.lora", "train_batch_size": 2, "max_train_epochs": 3}))
     r = build_run(fine)
     assert r.data.items == 7 and r.steps.planned == 12
+    # neither epochs nor steps in the config: sd-scripts' default --max_train_steps
+    (fine / "config.toml").write_text(tomli_w.dumps({
+        "pretrained_model_name_or_path": "m.safetensors", "network_module": "networks.lora",
+        "train_batch_size": 2}))
+    assert build_run(fine).steps.planned == 1600
 
 
 # -- one folder, two runs ----------------------------------------------------------------------
@@ -227,3 +232,20 @@ def test_empty_log_history_reports_what_the_state_holds(tmp_path):
     doc = analyze(fixture_run("hf-empty-log"))
     assert doc["run"]["steps"]["last"] == 20 and doc["run"]["steps"]["planned"] == 20
     assert "run.incomplete" not in rules(doc)
+
+
+def test_llamafactory_steps_from_the_training_split_its_log_counted(tmp_path):
+    """Without trainer_log.jsonl or a state: the YAML's 3 epochs of batch 8 over the 270
+    examples running_log.txt counted after val_size held 30 out: 3 x 34 = 102."""
+    src = fixture_run("lf-healthy")
+    run = tmp_path / "lf"
+    run.mkdir()
+    shutil.copy(src / "training_args.yaml", run)
+    # the log without HF's own total, as when the banner scrolled out of a captured log
+    log = (src / "running_log.txt").read_text(encoding="utf-8").splitlines(keepends=True)
+    (run / "running_log.txt").write_text("".join(x for x in log if "Total optimization" not in x),
+                                         encoding="utf-8")
+    shutil.copytree(src / "data", run / "data")
+    r = build_run(run)
+    assert r.data.items == 270 and r.steps.planned == 102
+    assert "3 epochs x ceil(ceil(270 examples / batch 8) / accumulation 1)" in r.steps.planned_from

@@ -60,6 +60,8 @@ class DataCount:
     items: int | None = None        # unique training samples
     repeats: float | None = None    # per-sample repeats per epoch (kohya), None: 1
     views: int | None = None        # samples per epoch including repeats, when known directly
+    split: bool = False             # items counted by the trainer itself after holding out
+                                    # its validation share (HF's "Num examples")
 
 
 def _layouts() -> list[Layout]:

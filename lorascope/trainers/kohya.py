@@ -124,7 +124,8 @@ def _run_dir(path: Path, rel: str) -> Path:
 def planned(cfg: dict, data: DataCount) -> Plan | None:
     """kohya's step count: epochs x ceil(batches / devices / accumulation), where one
     epoch is ceil(images x repeats / batch) batches (one bucket; buckets only add
-    batches, so this never over-counts); else max_train_steps (default 1600)."""
+    batches, so this never over-counts); else max_train_steps (default 1600).  None when
+    epochs are set but the dataset size is unknown."""
     ep = to_number(cfg.get("epochs"))
     if ep is not None and ep > 0:
         views = data.views
@@ -149,7 +150,8 @@ def planned(cfg: dict, data: DataCount) -> Plan | None:
     ms = to_int(cfg.get("max_steps"))
     if ms and ms > 0:
         return Plan(ms, f"max_train_steps {ms}")
-    return None
+    return Plan(DEFAULT_MAX_TRAIN_STEPS, f"neither max_train_epochs nor max_train_steps set: "
+                f"kohya's default max_train_steps {DEFAULT_MAX_TRAIN_STEPS}")
 
 
 def replay(edit, plan, out_dir: Path) -> None:

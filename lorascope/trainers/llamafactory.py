@@ -107,7 +107,7 @@ def planned(cfg: dict, data: DataCount) -> Plan | None:
     """HF's count over the training split: ``max_samples`` caps the records, then
     ``val_size`` of them are held out (``ceil(val_size x n)``)."""
     n = data.items
-    if n and data.views is None:
+    if n and data.views is None and not data.split:
         cap = to_int(cfg.get("max_samples"))
         if cap and cap > 0:
             n = min(n, cap)
