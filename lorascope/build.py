@@ -412,7 +412,7 @@ def _implied(configs: list[Parsed], values: dict) -> dict[str, ConfigValue]:
             continue
         for key, v in lay.implied:
             if values.get(key) is None and key not in out:
-                name = trainers._keys.write_name(lay.keys, key) or key
+                name = trainers.write_name(lay.keys, key) or key
                 out[key] = ConfigValue(key, v, p.source.path, name,
                                        derived=f"{lay.trainer} default ({name} not set)")
     return out

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from lorascope.trainers._keys import Key, Out
+from lorascope.trainers._keys import Key, Out, write_name
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,10 @@ class DataCount:
     views: int | None = None        # samples per epoch including repeats, when known directly
     split: bool = False             # items counted by the trainer itself after holding out
                                     # its validation share (HF's "Num examples")
+
+
+__all__ = ["DataCount", "Edit", "Key", "Layout", "Plan", "by_name", "detect", "layouts", "read",
+           "write_name"]
 
 
 def _layouts() -> list[Layout]:
