@@ -7,10 +7,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lorascope import __version__
-from lorascope.build import build_run
+from lorascope.build import build_folder
 from lorascope.diagnose import diagnose, verdict
 from lorascope.model import Finding, Run
 from lorascope.rules.registry import REGISTRY, Context, load_catalog, load_rule_modules, params_for
+
+
+class NoSuchRun(Exception):
+    """--run names a run the folder does not hold (exit 2)."""
 
 
 @dataclass
@@ -19,6 +23,9 @@ class Analysis:
     findings: list[Finding]
     catalog: dict
     rule_errors: list[str] = field(default_factory=list)
+    # the other runs found in the same folder, each analysed on its own curves (oldest
+    # first); empty when the folder holds one run
+    others: list["Analysis"] = field(default_factory=list)
 
     @property
     def verdict(self) -> str:
@@ -61,26 +68,57 @@ def run_rules(run: Run, catalog: dict) -> tuple[list[Finding], list[str]]:
     return findings, errors
 
 
-def analyze(run_dir: Path | str, rules_file: Path | None = None, *, catalog: dict | None = None,
-            jobs: int | None = None, progress: bool = False) -> Analysis:
-    catalog = catalog if catalog is not None else load_catalog(rules_file)
-    run = build_run(run_dir, jobs=jobs, progress=progress)
+def _analyse(run: Run, catalog: dict) -> Analysis:
     findings, errors = run_rules(run, catalog)
     findings = diagnose(run, findings, catalog)
     return Analysis(run, findings, catalog, errors)
 
 
-def report_document(a: Analysis) -> dict:
-    """The CONTRACT §2 report document."""
-    run = a.run
+def analyze(run_dir: Path | str, rules_file: Path | None = None, *, catalog: dict | None = None,
+            jobs: int | None = None, progress: bool = False, run_id: str | None = None) -> Analysis:
+    """Analyse a folder's latest run (or the run ``run_id`` names); every other run of
+    the folder is analysed on its own curves too (``Analysis.others``)."""
+    catalog = catalog if catalog is not None else load_catalog(rules_file)
+    folder = build_folder(run_dir, jobs=jobs, progress=progress)
+    runs = list(folder.runs)
+    pick = len(runs) - 1
+    if run_id is not None:
+        ids = [r.id for r in runs]
+        if run_id not in ids:
+            raise NoSuchRun(f"{run_dir}: no run {run_id!r} (runs: {', '.join(ids)})")
+        pick = ids.index(run_id)
+    main = _analyse(runs[pick], catalog)
+    main.others = [_analyse(r, catalog) for i, r in enumerate(runs) if i != pick]
+    return main
+
+
+def _run_entry(a: Analysis, analysed: bool) -> dict:
+    r = a.run
     return {
+        "id": r.id, "latest": r.latest, "analysed": analysed,
+        "sources": [s.path for s in r.sources],
+        "steps": r.steps.to_json(),
+        "series": [s.to_json() for s in r.series],
+        "verdict": a.verdict,
+        "findings": [f.to_json() for f in a.findings],
+    }
+
+
+def report_document(a: Analysis) -> dict:
+    """The CONTRACT §2 report document for the analysed run.  A folder holding several
+    runs adds ``runs``: one entry per run, oldest first (``id``, ``latest``,
+    ``analysed``, ``sources``, ``steps``, ``series``, ``verdict``, ``findings``); the
+    analysed run's entry repeats the top-level numbers."""
+    run = a.run
+    doc = {
         "schema": "lorascope.report/1",
         "tool": {"name": "lorascope", "version": __version__},
         "run": {
             "path": run.path,
             "trainer": run.trainer,
             "task": run.task,
-            "sources": [s.to_json() for s in run.sources],
+            # every file read in the folder; each run's own are in `runs`
+            "sources": [s.to_json() for s in (run.folder_sources or run.sources)],
             "config": run.config.to_json(),
             "steps": run.steps.to_json(),
         },
@@ -88,3 +126,14 @@ def report_document(a: Analysis) -> dict:
         "verdict": a.verdict,
         "findings": [f.to_json() for f in a.findings],
     }
+    if a.others:
+        entries = [_run_entry(a, True)] + [_run_entry(o, False) for o in a.others]
+        doc["runs"] = sorted(entries, key=lambda e: _run_order(e["id"]))
+    return doc
+
+
+def _run_order(rid: str) -> int:
+    try:
+        return int(rid.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return 1 << 30

@@ -1,9 +1,12 @@
-"""Parsed pieces -> one Run.
+"""Parsed pieces -> the runs of a folder, each one frozen :class:`Run`.
 
-This is the last place that knows trainers and file layouts: it picks the parser
-for each file, merges configs by precedence, gives series their roles, finds
-epoch boundaries and runs mixed into one directory, and loads the datasets the
-config names.  Everything downstream reads only the :class:`~lorascope.model.Run`.
+This is the last place that knows trainers and file layouts: it picks the parser for
+each file, cuts the curve files into the runs they hold (:mod:`lorascope.lineage`),
+merges each run's configs by precedence, gives series their roles, finds epoch
+boundaries and the planned steps (the trainer's own total, else its formula in
+:mod:`lorascope.trainers` over the dataset size), fills the learning rate a run
+logged when no config names it, and loads the datasets the config names.  Everything
+downstream reads only the :class:`~lorascope.model.Run`.
 """
 from __future__ import annotations
 
@@ -11,13 +14,15 @@ import importlib
 import json
 import os
 import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from lorascope import discover
-from lorascope.model import Config, Parsed, RawSeries, Run, Series, Source, StepInfo
+from lorascope import discover, lineage, trainers
+from lorascope.model import (Checkpoint, Config, ConfigValue, DataSize, LogEvent, Parsed, RawSeries,
+                             Run, RunRef, Series, Source, StepInfo)
 
 # kind -> (module, function) of the parser that reads it
 PARSERS: dict[str, tuple[str, str]] = {
@@ -27,9 +32,11 @@ PARSERS: dict[str, tuple[str, str]] = {
     "results": ("lorascope.ingest.llamafactory", "parse_results"),
     "text_log": ("lorascope.ingest.textlog", "parse"),
     "config": ("lorascope.ingest.config", "parse"),
+    "dataset_meta": ("lorascope.ingest.config", "parse_meta_json"),
     "model_config": ("lorascope.build", "parse_model_config"),
     "safetensors": ("lorascope.ingest.safetensors", "parse"),
 }
+CURVE_KINDS = ("tfevents", "trainer_state", "trainer_log", "text_log")
 
 # Tag name -> role.  Order matters: the first pattern that matches wins, and among
 # several series of one role the builder lists preferred names first.
@@ -47,6 +54,9 @@ EPOCH_TAGS = {"epoch", "train/epoch"}
 KOHYA_EPOCH_TAGS = {"loss/epoch", "loss/epoch_average"}
 TRAINER_RANK = {"kohya": 0, "lora-scripts": 0, "llamafactory": 1, "diffusers": 2, "hf-trainer": 3}
 SD_TRAINERS = {"kohya", "lora-scripts", "diffusers"}
+# the learning rate of adaptive optimizers (Prodigy, D-Adaptation) is a multiplier: kohya
+# logs their real step size as lr/d*lr
+ADAPTIVE_LR_TAG = re.compile(r"d\*lr", re.I)
 
 
 class Unreadable(Exception):
@@ -128,14 +138,18 @@ def _config_priority(p: Parsed) -> tuple:
 
 
 def merge_config(parsed: list[Parsed]) -> Config:
-    cfg = Config()
+    """Every key from the file that knows best: training configs, then adapter configs,
+    then checkpoint metadata, then logs and trainer states; shallower files first, and
+    of copies inside checkpoint-N/ folders the latest checkpoint's."""
+    values: dict = {}
+    origins: dict = {}
     for p in sorted(parsed, key=_config_priority):
         for cv in p.config:
-            if cv.value is None or cv.key in cfg.values:
+            if cv.value is None or cv.key in values:
                 continue
-            cfg.values[cv.key] = cv.value
-            cfg.origins[cv.key] = cv
-    return cfg
+            values[cv.key] = cv.value
+            origins[cv.key] = cv
+    return Config(values=values, origins=origins)
 
 
 # -- series ------------------------------------------------------------------------
@@ -167,75 +181,6 @@ def _merge_raw(raws: list[RawSeries]) -> tuple[np.ndarray, np.ndarray, list[str]
     steps, vals = steps[keep], vals[keep]
     order = np.argsort(steps, kind="stable")
     return steps[order], vals[order], sorted({r.source for r in raws})
-
-
-def _restarts(r: RawSeries) -> list[int]:
-    """Indices where steps go back to the start inside one file.
-
-    A step counter that goes back only a little is a resume from a checkpoint
-    or two processes writing one log, not a second run: only a fall back to
-    (near) the first step counts.
-    """
-    s = r.steps
-    if len(s) < 3:
-        return []
-    d = np.diff(s.astype(np.float64))      # float: steps near the int64 limits must not wrap
-    back = np.nonzero(d < 0)[0] + 1
-    if not len(back):
-        return []
-    first, span = int(s.min()), int(s.max()) - int(s.min())
-    interval = max(1, int(min(np.median(np.abs(d)), 2 ** 62)))
-    near_start = first + max(2 * interval, span // 20)
-    return [int(i) for i in back if s[i] <= near_start and s[i - 1] > near_start]
-
-
-def _copies(a: RawSeries, b: RawSeries) -> bool:
-    """One run's curve written by two writers (event file and trainer state, trainer
-    state and trainer_log.jsonl): equal values wherever both logged a step."""
-    common, ia, ib = np.intersect1d(a.steps, b.steps, return_indices=True)
-    if len(common) == 0:
-        return False
-    va, vb = a.values[ia], b.values[ib]
-    fin = np.isfinite(va) & np.isfinite(vb)
-    return bool(np.isclose(va[fin], vb[fin], rtol=2e-3, atol=1e-6).mean() >= 0.9) if fin.any() else True
-
-
-def detect_mixed(groups: dict[str, list[RawSeries]], states: list[Parsed]) -> list[str]:
-    """Evidence that logs of several runs share this directory."""
-    ev: list[str] = []
-    for tag, raws in groups.items():
-        if role_of(tag) != "train_loss":
-            continue
-        for r in raws:
-            rs = _restarts(r)
-            if rs:
-                i = rs[0]
-                ev.append(f"{r.source}: tag {tag} goes back from step {int(r.steps[i-1])} "
-                          f"to step {int(r.steps[i])} ({len(rs)} restart(s) in one file)")
-        with_steps = [r for r in raws if len(r.steps)]
-        for a_i in range(len(with_steps)):
-            for b_i in range(a_i + 1, len(with_steps)):
-                a, b = with_steps[a_i], with_steps[b_i]
-                if a.source == b.source:
-                    continue
-                a0, a1 = int(a.steps.min()), int(a.steps.max())
-                b0, b1 = int(b.steps.min()), int(b.steps.max())
-                # both start at the beginning: two runs (a resume starts later)
-                first = min(a0, b0)
-                interval = max(1, int(np.median(np.diff(np.sort(a.steps)))) if len(a.steps) > 1 else 1)
-                if abs(a0 - b0) <= interval and min(a1, b1) > first \
-                        and not _copies(a, b):
-                    ev.append(f"{a.source} (steps {a0}-{a1}) and {b.source} (steps {b0}-{b1}) "
-                              f"both start at step {first}: two runs in one log directory")
-    plans = {}
-    for p in states:
-        ms = p.facts.get("planned_steps")
-        if ms:
-            plans.setdefault(int(ms), []).append(p.source.path)
-    if len(plans) > 1:
-        desc = "; ".join(f"max_steps {k} in {', '.join(v[:3])}" for k, v in sorted(plans.items()))
-        ev.append(f"trainer states plan different runs: {desc}")
-    return ev[:10]
 
 
 SOURCE_PREFERENCE = {"": 0, "trainer_state": 1, "trainer_log": 2, "text_log": 3}
@@ -283,49 +228,27 @@ def _pick_state(states: list[Parsed]) -> Parsed | None:
                                       -p.source.path.count("/")))
 
 
-def build_series(parsed: list[Parsed], facts: dict) -> list[Series]:
-    states = [p for p in parsed if p.source.kind == "trainer_state"]
+# -- one run's curves ---------------------------------------------------------------------
+
+@dataclass
+class _Curves:
+    series: list[Series]
+    running_average: bool = False
+    state: Parsed | None = None            # the run's most complete trainer state
+
+
+def build_series(pieces: list[Parsed]) -> _Curves:
+    """One run's curves: its pieces' tags merged across files, roles given, copies
+    (one curve written by two writers) dropped, preferred series first."""
+    states = [p for p in pieces if p.source.kind == "trainer_state"]
     winner = _pick_state(states)
-    if winner is not None:
-        # the most complete state speaks for the run's plan and progress
-        for k in ("planned_steps", "state_global_step", "num_train_epochs", "logging_steps"):
-            if winner.facts.get(k) is not None:
-                facts[k] = winner.facts[k]
-        facts["state_source"] = winner.source.path
     groups: dict[str, list[RawSeries]] = {}
-    state_groups: dict[str, list[RawSeries]] = {}
-    for p in parsed:
+    for p in pieces:
         if p.source.kind == "trainer_state" and p is not winner:
-            for r in p.series:
-                state_groups.setdefault(r.tag, []).append(r)
-            continue
+            continue        # checkpoints' states repeat a prefix of the most complete one
         for r in p.series:
             key = r.tag if p.source.kind == "tfevents" else f"{p.source.kind}:{r.tag}"
             groups.setdefault(key, []).append(r)
-    by_tag: dict[str, list[RawSeries]] = {}
-    for raws in groups.values():
-        for r in raws:
-            by_tag.setdefault(r.tag, []).append(r)
-    mixed = detect_mixed(by_tag, states)
-    # trainer states that disagree with the winner on the same steps are another run
-    if winner is not None:
-        wl = {r.tag: r for r in winner.series}
-        for tag, raws in state_groups.items():
-            if role_of(tag) != "train_loss" or tag not in wl:
-                continue
-            w = wl[tag]
-            wmap = dict(zip(w.steps.tolist(), w.values.tolist()))
-            for r in raws:
-                diff = [s for s, v in zip(r.steps.tolist(), r.values.tolist())
-                        if s in wmap and np.isfinite(v) and np.isfinite(wmap[s])
-                        and abs(v - wmap[s]) > 1e-3 * max(1.0, abs(v))]
-                if len(diff) >= 2:
-                    mixed.append(f"{r.source} and {winner.source.path} log different losses "
-                                 f"at the same steps (e.g. step {diff[0]}): two runs in one output directory")
-                    break
-    if mixed:
-        facts["mixed_evidence"] = mixed
-
     # curves parsed from printed stdout duplicate the structured logs: keep them only
     # when no event file or trainer state/log gave a curve
     structured = any(role_of(k.rpartition(":")[2]) != "other" for k in groups
@@ -348,23 +271,25 @@ def build_series(parsed: list[Parsed], facts: dict) -> list[Series]:
             role = "other"
         series.append(Series(name=name, role=role, steps=steps, values=vals, sources=srcs))
     series = _drop_copies(series)
+    running = False
     # only a running average logged: use it, and say so
     if not any(s.role == "train_loss" for s in series):
-        for s in series:
+        for i, s in enumerate(series):
             if s.name.lower() in RUNNING_AVERAGE_TAGS:
-                s.role = "train_loss"
-                facts["loss_running_average"] = True
+                series[i] = replace(s, role="train_loss")
+                running = True
                 break
     # preferred first within a role: most points, then tfevents over json copies
     series.sort(key=lambda s: (["train_loss", "eval_loss", "lr", "grad_norm", "other"].index(s.role),
                                -len(s.steps), "(" in s.name, _secondary(s.name), s.name))
-    return series
+    return _Curves(series, running, winner)
 
 
-# -- epochs ------------------------------------------------------------------------
+# -- epochs --------------------------------------------------------------------------------
 
-def epoch_boundaries(series: list[Series], last_step: int | None, facts: dict) -> list[int]:
-    """First optimizer step of each epoch after the first."""
+def epoch_boundaries(series: list[Series], last_step: int | None,
+                     spe_hint: float | None = None) -> tuple[list[int], float | None]:
+    """First optimizer step of each epoch after the first, and the steps per epoch."""
     ep = next((s for s in series if s.name.split(" ")[0].lower() in EPOCH_TAGS), None)
     if ep is not None and len(ep.steps) >= 2:
         ok = np.isfinite(ep.values) & (ep.values > 0) & (ep.steps > 0)
@@ -372,9 +297,8 @@ def epoch_boundaries(series: list[Series], last_step: int | None, facts: dict) -
             spe = float(np.median(ep.steps[ok] / ep.values[ok]))
             max_ep = float(np.nanmax(ep.values[ok]))
             if spe >= 1 and max_ep >= 1:
-                facts["steps_per_epoch"] = spe
                 return [int(round(k * spe)) + 1 for k in range(1, int(np.floor(max_ep + 1e-6)) + 1)
-                        if last_step is None or round(k * spe) + 1 <= last_step]
+                        if last_step is None or round(k * spe) + 1 <= last_step], spe
     # kohya loss/epoch: older versions log it at step = epoch number, newer at the global step
     le = next((s for s in series if s.name.split(" ")[0].lower() in KOHYA_EPOCH_TAGS), None)
     if le is not None and len(le.steps) >= 1 and last_step:
@@ -382,18 +306,27 @@ def epoch_boundaries(series: list[Series], last_step: int | None, facts: dict) -
         if st.max() < last_step / 2 and np.array_equal(st, np.arange(st[0], st[0] + len(st))):
             n_ep = int(st.max())
             spe = last_step / max(1, n_ep)
-            facts["steps_per_epoch"] = spe
-            return [int(round(k * spe)) + 1 for k in range(1, n_ep)]
-        facts["steps_per_epoch"] = float(np.median(np.diff(np.concatenate([[0], st])))) if len(st) else None
-        return [int(s) + 1 for s in st if s < last_step]
-    spe = facts.get("steps_per_epoch")
+            return [int(round(k * spe)) + 1 for k in range(1, n_ep)], spe
+        spe = float(np.median(np.diff(np.concatenate([[0], st])))) if len(st) else None
+        return [int(s) + 1 for s in st if s < last_step], spe
+    spe = spe_hint if ep is None else None
     if spe and last_step:
         return [int(round(k * spe)) + 1 for k in range(1, int(last_step // spe) + 1)
-                if round(k * spe) + 1 <= last_step]
-    return []
+                if round(k * spe) + 1 <= last_step], spe
+    return [], None
 
 
-# -- the run -----------------------------------------------------------------------
+def _epochs_done(series: list[Series], state: Parsed | None) -> float | None:
+    if state is not None and state.facts.get("state_epoch") is not None:
+        return float(state.facts["state_epoch"])
+    ep = next((s for s in series if s.name.split(" ")[0].lower() in EPOCH_TAGS), None)
+    if ep is not None and len(ep.values):
+        v = ep.values[np.isfinite(ep.values)]
+        return float(v.max()) if len(v) else None
+    return None
+
+
+# -- the run -----------------------------------------------------------------------------
 
 def _choose(facts_list: list[dict], key: str, rank: dict | None = None):
     vals = [f[key] for f in facts_list if f.get(key)]
@@ -416,20 +349,24 @@ def _resolve(value: str, run_dir: Path, cfg_file: str | None) -> Path | None:
     return None
 
 
-def load_datasets(run: Run, run_dir: Path, found_csvs: list[str], jobs: int | None,
-                  progress: bool) -> None:
+def load_datasets(cfg: Config, run_dir: Path, found_csvs: list[str], jobs: int | None,
+                  progress: bool) -> tuple[list, list[Source]]:
+    """The datasets the config names (and metadata.csv files found in the run)."""
     try:
         ds_mod = importlib.import_module("lorascope.ingest.dataset")
     except ImportError:
-        return
-    cfg = run.config
+        return [], []
+    datasets, sources = [], []
     roots: list[Path] = []
-    tdd = cfg.get("train_data_dir")
-    origin = cfg.origins.get("train_data_dir")
-    for v in (tdd if isinstance(tdd, list) else [tdd]):
-        r = _resolve(v, run_dir, origin.file if origin else None) if v else None
-        if r is not None and r.is_dir():
-            roots.append(r.resolve())
+    for key in ("train_data_dir", "metadata_path"):
+        v0 = cfg.get(key)
+        origin = cfg.origins.get(key)
+        for v in (v0 if isinstance(v0, list) else [v0]):
+            r = _resolve(v, run_dir, origin.file if origin else None) if v else None
+            if r is not None and r.is_file() and r.name.lower() == "metadata.csv":
+                r = r.parent
+            if r is not None and r.is_dir() and r.resolve() not in roots:
+                roots.append(r.resolve())
     for rel in found_csvs:
         d = (run_dir / rel).parent.resolve()
         if not any(d == r or r in d.parents for r in roots):
@@ -437,8 +374,8 @@ def load_datasets(run: Run, run_dir: Path, found_csvs: list[str], jobs: int | No
     for r in roots:
         ds, src = ds_mod.load_image_dataset(r, run_dir, jobs=jobs, progress=progress)
         _note_outside(src, r, run_dir)
-        run.datasets.append(ds)
-        run.sources.append(src)
+        datasets.append(ds)
+        sources.append(src)
     files = cfg.get("dataset_files") or []
     origin = cfg.origins.get("dataset_files")
     for v in (files if isinstance(files, list) else [files]):
@@ -446,8 +383,9 @@ def load_datasets(run: Run, run_dir: Path, found_csvs: list[str], jobs: int | No
         if r is not None and r.is_file():
             ds, src = ds_mod.load_text_dataset(r.resolve(), run_dir, cutoff_len=cfg.get("cutoff_len"))
             _note_outside(src, r, run_dir)
-            run.datasets.append(ds)
-            run.sources.append(src)
+            datasets.append(ds)
+            sources.append(src)
+    return datasets, sources
 
 
 def _note_outside(src: Source, path: Path, run_dir: Path) -> None:
@@ -457,66 +395,135 @@ def _note_outside(src: Source, path: Path, run_dir: Path) -> None:
         src.problems.append("read from outside the run directory, as the config names it")
 
 
-def build_run(run_dir: Path | str, *, jobs: int | None = None, progress: bool = False) -> Run:
-    run_dir = Path(run_dir)
-    if not run_dir.exists():
-        raise Unreadable(f"{run_dir}: no such directory")
-    if not run_dir.is_dir():
-        raise Unreadable(f"{run_dir}: not a directory")
-    parsed, walk_problems, files = parse_all(run_dir)
-    counts: dict[str, int] = {}
-    for f in files:
-        counts[f.kind] = counts.get(f.kind, 0) + 1
-    name = run_dir.resolve().name or str(run_dir)
-    run = Run(path=str(run_dir), name=name)
-    facts: dict = {"file_counts": counts}
-    if walk_problems:
-        facts["walk_problems"] = walk_problems
-    run.sources = [p.source for p in parsed]
-    if not any(p.source.records > 0 for p in parsed) and not any(p.checkpoints for p in parsed):
-        if not counts:
-            raise Unreadable(f"{run_dir}: empty directory")
-        raise Unreadable(f"{run_dir}: nothing readable (no event file, trainer state, log, "
-                         f"config or checkpoint with content)")
-    run.config = merge_config(parsed)
-    facts_list = [p.facts for p in sorted(parsed, key=_config_priority)]
-    run.series = build_series(parsed, facts)
-    for p in parsed:
-        for k, v in p.facts.items():
-            facts.setdefault(k, v)
-    for p in parsed:
-        run.events.extend(p.events)
+def _main_layout(configs: list[Parsed], trainer: str) -> trainers.Layout | None:
+    """The trainer layout whose step formula and defaults apply: the highest-priority
+    training config's, else the trainer's own."""
+    for p in sorted(configs, key=_config_priority):
+        lay = trainers.by_name(p.facts.get("layout"))
+        if lay is not None and lay.trainer is not None:
+            return lay
+    return trainers.by_name({"kohya": "kohya", "lora-scripts": "lora-scripts",
+                             "hf-trainer": "hf-trainer", "llamafactory": "llamafactory"}.get(trainer))
+
+
+def _implied(configs: list[Parsed], values: dict) -> dict[str, ConfigValue]:
+    out: dict[str, ConfigValue] = {}
+    for p in sorted(configs, key=_config_priority):
+        lay = trainers.by_name(p.facts.get("layout"))
+        if lay is None or lay.trainer is None:
+            continue
+        for key, v in lay.implied:
+            if values.get(key) is None and key not in out:
+                name = trainers.write_name(lay.keys, key) or key
+                out[key] = ConfigValue(key, v, p.source.path, name,
+                                       derived=f"{lay.trainer} default ({name} not set)")
+    return out
+
+
+def _lr_from_series(series: list[Series], cfg_values: dict) -> ConfigValue | None:
+    """The learning rate a run used when no config names it: its logged peak."""
+    if any(ADAPTIVE_LR_TAG.search(s.name) for s in series):
+        return None
+    opt = str(cfg_values.get("optimizer") or "").lower()
+    if any(a in opt for a in ("prodigy", "dadapt")):
+        return None
+    lr = next((s for s in series if s.role == "lr"), None)
+    if lr is None:
+        return None
+    v = lr.values[np.isfinite(lr.values)]
+    if not len(v) or v.max() <= 0:
+        return None
+    peak = float(f"{float(v.max()):.6g}")      # float32 logs: 1e-3 is stored as 0.00100000005
+    return ConfigValue("learning_rate", peak, lr.sources[0] if lr.sources else "", lr.name,
+                       derived=f"peak of the logged {lr.name} series")
+
+
+def _planned(cfg: Config, state: Parsed | None, pieces: list[lineage.Piece], logs: list[Parsed],
+             layout: trainers.Layout | None, data: DataSize, views: int | None, split: bool
+             ) -> tuple[int | None, str | None, float | None]:
+    """(planned steps, where they come from, steps per epoch the plan implies)."""
+    def ok(v) -> int | None:
+        try:
+            v = int(v)
+        except (TypeError, ValueError):
+            return None
+        return v if 0 < v <= 10 ** 9 else None
+
+    if state is not None and ok(state.facts.get("planned_steps")):
+        return ok(state.facts["planned_steps"]), f"{state.source.path}: max_steps", None
+    for p in pieces:
+        if p.planned and ok(p.planned):
+            what = {"trainer_log": "total_steps", "text_log": "total optimization steps"}.get(
+                p.parsed.source.kind, "planned steps")
+            return ok(p.planned), f"{p.path}: {what}", None
+    for p in logs:
+        if ok(p.facts.get("planned_steps")):
+            return ok(p.facts["planned_steps"]), f"{p.source.path}: total optimization steps", None
+    ms = ok(cfg.get("max_steps"))
+    if ms:
+        return ms, cfg.origins["max_steps"].where() if "max_steps" in cfg.origins else "config", None
+    if layout is not None and layout.planned is not None:
+        eff = {k: cfg.effective(k) for k in set(cfg.values) | set(cfg.implied)}
+        plan = layout.planned(eff, trainers.DataCount(data.items, data.repeats, views, split))
+        if plan is not None and ok(plan.steps):
+            ep = cfg.get("epochs")
+            spe = plan.steps / ep if isinstance(ep, (int, float)) and ep > 0 and plan.steps else None
+            return ok(plan.steps), f"{plan.how} ({layout.trainer or layout.name}'s count)", spe
+    return None, None, None
+
+
+@dataclass
+class _Share:
+    """What one run is built from."""
+
+    pieces: list[lineage.Piece] = field(default_factory=list)
+    parsed: list[Parsed] = field(default_factory=list)      # non-curve files it owns
+    events: list[LogEvent] = field(default_factory=list)
+
+
+def _assemble(run_dir: Path, name: str, share: _Share, *, latest: bool, rid: str,
+              csvs: list[str], jobs: int | None, progress: bool, order: dict[int, int]) -> Run:
+    piece_parsed = [pc.parsed for pc in share.pieces]
+    curve_files = [p for p in piece_parsed]
+    # text logs carry curves only when nothing structured does (build_series decides)
+    everything = curve_files + share.parsed
+    configs = [p for p in everything if p.config]
+    cfg0 = merge_config(configs)
+    curves = build_series(curve_files + [p for p in share.parsed if p.series and p.source.kind in CURVE_KINDS])
+    series = curves.series
+    facts_list = [p.facts for p in sorted(everything, key=_config_priority)]
+
+    checkpoints: list[Checkpoint] = []
+    for p in everything:
         for ck in p.checkpoints:
-            if ck.format == "unknown" and not ck.modules and not ck.problems:
-                facts.setdefault("other_weights", []).append(ck.path)
-            else:
-                run.checkpoints.append(ck)
-    run.checkpoints.sort(key=lambda c: (c.step is None, c.step or 0, c.path))
+            if not (ck.format == "unknown" and not ck.modules and not ck.problems):
+                checkpoints.append(ck)
+    checkpoints.sort(key=lambda c: (c.step is None, c.step or 0, c.path))
 
     # trainer and task
     trainer = _choose(facts_list, "trainer", TRAINER_RANK)
     if trainer == "llamafactory" and not any(
             p.facts.get("trainer") == "llamafactory" and p.source.kind in ("trainer_log", "text_log")
-            for p in parsed) and any(p.source.kind == "trainer_state" for p in parsed):
+            for p in everything) and any(p.source.kind == "trainer_state" for p in everything):
         # a LLaMA-Factory-style YAML alone does not make the run LLaMA-Factory's: its
         # LogCallback always writes trainer_log.jsonl; without it HF Trainer ran the config
         trainer = "hf-trainer"
     if trainer is None and any(s.name.lower().startswith(("loss/current", "loss/average", "lr/unet"))
-                               for s in run.series):
+                               for s in series):
         trainer = "kohya"
-    run.trainer = trainer or "unknown"
+    trainer = trainer or "unknown"
     task = _choose(facts_list, "task")
     if task is None:
-        if run.trainer in SD_TRAINERS or any(c.format in ("kohya", "diffusers") for c in run.checkpoints):
+        if trainer in SD_TRAINERS or any(c.format in ("kohya", "diffusers") for c in checkpoints):
             task = "sd"
-        elif run.trainer == "llamafactory" or any(c.format == "peft" for c in run.checkpoints) \
-                or any(p.source.path.endswith("adapter_config.json") for p in parsed):
+        elif trainer == "llamafactory" or any(c.format == "peft" for c in checkpoints) \
+                or any(p.source.path.endswith("adapter_config.json") for p in everything):
             task = "llm"
-    run.task = task or "unknown"
+    task = task or "unknown"
 
-    # steps
-    tl = run.primary("train_loss")
-    all_steps = [s.steps for s in run.series if len(s.steps) and s.role != "other"]
+    # steps seen
+    tl = next((s for s in series if s.role == "train_loss"), None)
+    all_steps = [s.steps for s in series if len(s.steps) and s.role != "other"]
     if tl is not None and len(tl.steps):
         first, last = int(tl.steps[0]), int(tl.steps[-1])
     elif all_steps:
@@ -524,26 +531,234 @@ def build_run(run_dir: Path | str, *, jobs: int | None = None, progress: bool = 
         last = int(max(a[-1] for a in all_steps))
     else:
         first = last = None
-    gs = facts.get("state_global_step")
-    if gs and (last is None or gs > last) and not facts.get("steps_synthetic"):
+    # the most complete trainer state, also one whose log_history is empty (logging_steps
+    # longer than the run): it still holds global_step, max_steps and the epoch
+    state = curves.state or _pick_state([p for p in everything if p.source.kind == "trainer_state"])
+    gs = state.facts.get("state_global_step") if state is not None else None
+    synthetic = any(p.facts.get("steps_synthetic") for p in curve_files
+                    if p.source.kind == "text_log") and not any(
+        p.source.kind != "text_log" for p in curve_files)
+    if gs and (last is None or gs > last) and not synthetic:
         last = int(gs)
-    planned = facts.get("planned_steps") or run.config.get("max_steps")
-    if planned is not None:
-        try:
-            planned = int(planned)
-            if planned <= 0 or planned > 10**9:
-                planned = None
-        except (TypeError, ValueError):
-            planned = None
-    run.steps = StepInfo(first, last, planned)
-    run.epoch_boundaries = epoch_boundaries(run.series, last, facts)
-    run.facts = facts
+    progress_files = [p for p in curve_files if p.source.kind != "text_log"]
+    from_ckpt = bool(progress_files) and all(
+        p.source.kind == "trainer_state" and lineage.CHECKPOINT_RE.search(p.source.path)
+        for p in progress_files)
 
+    # datasets (shared by the folder: read for the latest run) and the dataset size
+    datasets: list = []
+    ds_sources: list[Source] = []
+    if latest:
+        datasets, ds_sources = load_datasets(cfg0, run_dir, csvs, jobs, progress)
+    values = dict(cfg0.values)
+    origins = dict(cfg0.origins)
+    items, items_from = values.get("num_train_items"), None
+    if items is not None and "num_train_items" in origins:
+        items_from = origins["num_train_items"].where()
+    n_ds = sum(len(d.items) for d in datasets)
+    if items is None and n_ds:
+        items = n_ds
+        roots = ", ".join(str(d.root) for d in datasets[:2])
+        items_from = f"{n_ds} items counted in {roots}"
+        values["num_train_items"] = n_ds
+        origins["num_train_items"] = ConfigValue("num_train_items", n_ds, datasets[0].manifest or "",
+                                                 "", derived=items_from)
+    views = next((int(f["train_views"]) for f in facts_list if f.get("train_views")), None)
+    if views is None:
+        dv = [d.views for d in datasets if d.views]
+        views = sum(dv) if dv else None
+    repeats = None
+    if views and items:
+        repeats = views / items
+    else:
+        rep = next((f["num_repeats"] for f in facts_list if f.get("num_repeats")), None)
+        repeats = float(rep) if rep else None
+    data = DataSize(items=int(items) if items else None, repeats=repeats, items_from=items_from)
+
+    # the learning rate the run logged, when no config names it
+    if values.get("learning_rate") is None:
+        cv = _lr_from_series(series, values)
+        if cv is not None:
+            values["learning_rate"] = cv.value
+            origins["learning_rate"] = cv
+    cfg = Config(values=values, origins=origins, implied=_implied(configs, values))
+
+    layout = _main_layout(configs, trainer)
+    logs = [p for p in share.parsed if p.source.kind in ("text_log", "trainer_log")]
+    # HF's "Num examples" in a log is the training split the trainer counted itself
+    o = origins.get("num_train_items")
+    split = o is not None and any(p.source.path == o.file and p.source.kind == "text_log"
+                                  for p in everything)
+    planned, planned_from, spe_plan = _planned(cfg, state, share.pieces, logs, layout, data,
+                                               views, split)
+    bounds, spe = epoch_boundaries(series, last, spe_plan)
+    interval = next((int(f["logging_interval"]) for f in facts_list if f.get("logging_interval")), None)
+    steps = StepInfo(first=first, last=last, planned=planned, planned_from=planned_from,
+                     last_exact=gs is not None and last is not None and int(gs) == last,
+                     last_from_checkpoint=from_ckpt, per_epoch=spe,
+                     epochs_done=_epochs_done(series, state), logging_interval=interval)
+
+    sources: list[Source] = []
+    seen: set[int] = set()
+    for p in everything:
+        if id(p.source) not in seen:
+            seen.add(id(p.source))
+            sources.append(p.source)
+    sources.sort(key=lambda s: order.get(id(s), 1 << 30))
+    cut = tuple((s.path, prob) for s in sources if s.kind == "tfevents"
+                for prob in s.problems if "truncated" in prob)
+    return Run(path=str(run_dir), name=name, trainer=trainer, task=task,
+               sources=tuple(sources) + tuple(ds_sources), series=tuple(series), config=cfg,
+               steps=steps, epoch_boundaries=tuple(bounds), checkpoints=tuple(checkpoints),
+               datasets=tuple(datasets), events=tuple(share.events),
+               data=data, loss_is_running_average=curves.running_average, cut_logs=cut,
+               id=rid, latest=latest)
+
+
+# -- the folder: its runs ------------------------------------------------------------------
+
+@dataclass
+class Folder:
+    """The runs one folder holds, oldest first; the last is the latest (analysed by
+    default)."""
+
+    runs: list[Run]
+    evidence: list[str] = field(default_factory=list)
+
+    @property
+    def latest(self) -> Run:
+        return self.runs[-1]
+
+
+def _under(path: str, folder: str) -> bool:
+    folder = folder.strip("/")
+    return not folder or path == folder or path.startswith(folder + "/")
+
+
+def _owners(parsed: list[Parsed], runs: list[list[lineage.Piece]], run_dir: Path) -> dict[int, int]:
+    """id(Parsed) -> index of the run that owns a non-curve file; files not listed are
+    the folder's (given to the latest run)."""
+    own: dict[int, int] = {}
+    if len(runs) < 2:
+        return own
+    ck_dirs: dict[str, int] = {}
+    walls: list[tuple[float, int]] = []
+    for i, pieces in enumerate(runs):
+        for pc in pieces:
+            if pc.parsed.source.kind == "trainer_state" and "/" in pc.path:
+                ck_dirs[pc.path.rsplit("/", 1)[0]] = i
+            if pc.wall is not None:
+                walls.append((pc.wall, i))
+    walls.sort()
+    root = run_dir.resolve()
+    for p in parsed:
+        rel = p.source.path
+        d = rel.rsplit("/", 1)[0] if "/" in rel else ""
+        if d in ck_dirs:                                   # beside its checkpoint's state
+            own[id(p)] = ck_dirs[d]
+            continue
+        started = p.facts.get("started_at")
+        if started and walls:                              # a kohya save: its training's start
+            after = [(w, i) for w, i in walls if w >= float(started) - 120]
+            if after:
+                own[id(p)] = after[0][1]
+                continue
+        outs = [cv for cv in p.config if cv.key in ("output_dir", "logging_dir")
+                and isinstance(cv.value, str) and cv.value.strip()]
+        hits: set[int] = set()
+        for cv in outs:                                    # a config naming its output folder
+            base = (run_dir / Path(rel).parent / cv.value) if not os.path.isabs(cv.value) else Path(cv.value)
+            try:
+                sub = base.resolve().relative_to(root).as_posix()
+            except (ValueError, OSError):
+                continue
+            sub = "" if sub == "." else sub
+            if not sub:
+                continue
+            hits |= {i for i, pieces in enumerate(runs) if any(_under(pc.path, sub) for pc in pieces)}
+        if len(hits) == 1:
+            own[id(p)] = hits.pop()
+    return own
+
+
+def _split_events(p: Parsed, n_runs: int) -> dict[int, list[LogEvent]]:
+    """A text log holding several trainings (one banner each): its events by training,
+    the last training's to the latest run, earlier ones to the runs before it."""
+    starts = p.facts.get("run_starts") or []
+    if n_runs < 2 or len(starts) < 2:
+        return {n_runs - 1: list(p.events)}
+    out: dict[int, list[LogEvent]] = {}
+    for e in p.events:
+        seg = sum(1 for s in starts[1:] if e.line >= s)
+        idx = max(0, n_runs - len(starts) + seg)
+        out.setdefault(idx, []).append(e)
+    return out
+
+
+def _readable(parsed: list[Parsed]) -> bool:
+    return any(p.source.records > 0 for p in parsed) or any(
+        ck.tensors or ck.modules for p in parsed for ck in p.checkpoints) or any(
+        p.facts.get("state_global_step") is not None or p.facts.get("planned_steps") is not None
+        for p in parsed if p.source.kind == "trainer_state")
+
+
+def build_folder(run_dir: Path | str, *, jobs: int | None = None, progress: bool = False) -> Folder:
+    """Every run of a folder, oldest first (see :mod:`lorascope.lineage`)."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise Unreadable(f"{run_dir}: no such directory")
+    if not run_dir.is_dir():
+        raise Unreadable(f"{run_dir}: not a directory")
+    parsed, _walk_problems, files = parse_all(run_dir)
+    name = run_dir.resolve().name or str(run_dir)
+    if not _readable(parsed):
+        if not files:
+            raise Unreadable(f"{run_dir}: empty directory")
+        raise Unreadable(f"{run_dir}: nothing readable (no event file, trainer state, log, "
+                         f"config or checkpoint with content)")
+    order = {id(p.source): i for i, p in enumerate(parsed)}
     csvs = [f.rel for f in files if f.kind == "dataset_csv"]
-    load_datasets(run, run_dir, csvs, jobs, progress)
-    if run.datasets and run.config.values.get("num_train_items") is None:
-        n = sum(len(d.items) for d in run.datasets)
-        if n:
-            run.config.values["num_train_items"] = n
-    return run
 
+    def is_loss(tag: str) -> bool:
+        return role_of(tag) == "train_loss" or tag.lower() in RUNNING_AVERAGE_TAGS
+
+    curve_files = [p for p in parsed if p.source.kind in CURVE_KINDS and p.series]
+    structured = any(p.source.kind != "text_log" and any(role_of(r.tag) != "other" for r in p.series)
+                     for p in curve_files)
+    piece_files = [p for p in curve_files if not (structured and p.source.kind == "text_log")]
+    pieces = [pc for p in piece_files for pc in lineage.split(p, is_loss)]
+    lin = lineage.group(pieces)
+    groups = lin.runs or [[]]
+    shares = [_Share(pieces=list(g)) for g in groups]
+    owners = _owners([p for p in parsed if p not in piece_files], groups, run_dir)
+    latest = len(shares) - 1
+    for p in parsed:
+        if p in piece_files and p.source.kind != "text_log":
+            continue
+        if p.source.kind == "text_log":
+            for i, evs in _split_events(p, len(shares)).items():
+                shares[i].events.extend(evs)
+            if p in piece_files:
+                continue
+        i = owners.get(id(p), latest)
+        shares[i].parsed.append(p)
+    runs = [_assemble(run_dir, name, sh, latest=(i == latest), rid=f"run-{i + 1}", csvs=csvs,
+                      jobs=jobs, progress=progress, order=order)
+            for i, sh in enumerate(shares)]
+    if len(runs) > 1 or lin.evidence:
+        refs = tuple(RunRef(r.id, tuple(s.path for s in sorted(
+            r.sources, key=lambda s: s.kind not in CURVE_KINDS)), r.steps) for r in runs)
+        seen: dict[int, Source] = {}
+        for r in runs:
+            for s in r.sources:
+                seen.setdefault(id(s), s)
+        every = tuple(sorted(seen.values(), key=lambda s: order.get(id(s), 1 << 30)))
+        runs = [replace(r, mixed=tuple(lin.evidence), others=tuple(x for x in refs if x.id != r.id),
+                        folder_sources=every)
+                for r in runs]
+    return Folder(runs=runs, evidence=list(lin.evidence))
+
+
+def build_run(run_dir: Path | str, *, jobs: int | None = None, progress: bool = False) -> Run:
+    """The folder's latest run (the one analysed by default)."""
+    return build_folder(run_dir, jobs=jobs, progress=progress).latest

@@ -39,13 +39,13 @@ def _html_target(run_name: str, html: str | None, several: bool) -> Path:
 
 def _analyze_one(args: tuple) -> tuple[str, dict | None, str | None, str | None]:
     """Worker: (run_dir, rules, html_target|None, progress) -> (run_dir, doc, html, error)."""
-    run_dir, rules_file, html_target, progress = args
-    from lorascope.analyze import analyze, report_document
+    run_dir, rules_file, html_target, progress, run_id = args
+    from lorascope.analyze import NoSuchRun, analyze, report_document
     from lorascope.build import Unreadable
     from lorascope.rules.registry import CatalogError
     try:
-        a = analyze(run_dir, rules_file, progress=progress)
-    except Unreadable as e:
+        a = analyze(run_dir, rules_file, progress=progress, run_id=run_id)
+    except (Unreadable, NoSuchRun) as e:
         return run_dir, None, None, str(e)
     except CatalogError as e:
         return run_dir, None, None, str(e)
@@ -92,7 +92,10 @@ def cli() -> None:
               help="TOML file overriding rule severities and thresholds.")
 @click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Analyze this many runs in parallel.")
-def analyze(run_dirs, fmt, html, no_html, fail_on, rules_file, jobs):
+@click.option("--run", "run_id", default=None, metavar="ID",
+              help="A folder holding several runs: report on this one (run-1 is the oldest; "
+                   "default: the latest).")
+def analyze(run_dirs, fmt, html, no_html, fail_on, rules_file, jobs, run_id):
     """Analyze one or more trainer output directories."""
     from lorascope.rules.registry import CatalogError, load_catalog
     if html and no_html:
@@ -108,7 +111,7 @@ def analyze(run_dirs, fmt, html, no_html, fail_on, rules_file, jobs):
     for d in run_dirs:
         name = Path(d).resolve().name or "run"
         target = None if no_html else str(_html_target(name, html, several))
-        tasks.append((d, Path(rules_file) if rules_file else None, target, progress))
+        tasks.append((d, Path(rules_file) if rules_file else None, target, progress, run_id))
     if jobs > 1 and several:
         with ProcessPoolExecutor(max_workers=min(jobs, len(tasks))) as ex:
             results = list(ex.map(_analyze_one, tasks))
@@ -159,22 +162,19 @@ def analyze(run_dirs, fmt, html, no_html, fail_on, rules_file, jobs):
 def inspect(files, fmt):
     """Show what is inside LoRA safetensors files (format, rank, alpha, per-layer norms)."""
     try:
-        from lorascope.inspect import inspect_files, render_inspect_text
+        from lorascope.inspect import exit_status, inspect_files, render_inspect_text
     except ImportError:
         _die("inspect is not available in this build")
     doc = inspect_files([Path(f) for f in files])
-    readable = [f for f in doc["files"] if f["format"] != "unknown" or f.get("modules")]
     if fmt == "json":
         click.echo(_dump(doc))
     else:
         click.echo(_safe(render_inspect_text(doc)))
-    if not readable and all(f["problems"] for f in doc["files"]):
+    status = exit_status(doc)       # a file cut short is not a readable one (CONTRACT §6)
+    if status == EXIT_USAGE:
         for f in doc["files"]:
             click.echo(_safe(f"lorascope: {f['path']}: {'; '.join(f['problems'][:2])}"), err=True)
-        sys.exit(EXIT_USAGE)
-    if any(f["zero_modules"] or f["nonfinite_modules"] for f in doc["files"]):
-        sys.exit(EXIT_FINDINGS)
-    sys.exit(EXIT_OK)
+    sys.exit(status)
 
 
 @cli.command()

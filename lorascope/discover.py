@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from lorascope.trainers import kohya
+
 # Source.kind strings (they appear in the report's run.sources).
 KINDS = (
     "tfevents",          # events.out.tfevents.*
@@ -18,6 +20,7 @@ KINDS = (
     "safetensors",       # *.safetensors
     "pickle",            # *.bin, *.pt, *.pth, *.ckpt, *.pkl: never unpickled
     "dataset_csv",       # metadata.csv
+    "dataset_meta",      # kohya fine-tuning metadata: meta_lat.json, meta_clean.json
     "image",
     "other",
 )
@@ -55,6 +58,8 @@ def classify(rel: str) -> str:
         return "config"
     if low == "config.json":
         return "model_config"
+    if low in kohya.META_JSON_NAMES:
+        return "dataset_meta"
     if ext in (".yaml", ".yml", ".toml"):
         return "config"
     if ext == ".safetensors":

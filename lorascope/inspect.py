@@ -3,8 +3,8 @@
 :func:`inspect_files` builds the ``lorascope.inspect/1`` document, one entry per
 argument in order; :func:`render_inspect_text` prints it as a table in the spirit of
 kohya's ``check_lora_weights.py`` and lora-inspector; :func:`exit_status` is the
-status the CLI returns (0, 1 when a file has a zero or non-finite module, 2 when no
-argument could be read).
+status the CLI returns (0; 1 when a file has a zero or non-finite module or could be
+read only in part; 2 when no argument could be read in full).
 """
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ def _file_entry(arg: Path) -> dict[str, Any]:
     ck = r.checkpoint
     entry = _checkpoint_entry(shown, ck)
     entry["readable"] = r.readable
+    entry["truncated"] = ck.truncated
     return entry
 
 
@@ -47,7 +48,7 @@ def _unreadable(shown: str, why: str) -> dict[str, Any]:
     return {"path": shown, "format": "unknown", "size_bytes": None, "dtype": None,
             "rank": None, "alpha": None, "step": None, "target_modules": [], "metadata": {},
             "modules": [], "zero_modules": [], "nonfinite_modules": [], "problems": [why],
-            "readable": False}
+            "readable": False, "truncated": False}
 
 
 def _checkpoint_entry(shown: str, ck: Checkpoint) -> dict[str, Any]:
@@ -68,17 +69,23 @@ def _checkpoint_entry(shown: str, ck: Checkpoint) -> dict[str, Any]:
 def inspect_files(paths: list[Path]) -> dict:
     """The ``lorascope.inspect/1`` document for these files (one entry each, in order).
 
-    Beyond CONTRACT §6 each entry carries ``step``, ``target_modules`` and
-    ``readable`` (false when the file or its header could not be read)."""
+    Beyond CONTRACT §6 each entry carries ``step``, ``target_modules``, ``readable``
+    (false when the file or its header could not be read) and ``truncated`` (the file is
+    cut short or its header unreadable: tensors lie outside it)."""
     return {"schema": SCHEMA, "files": [_file_entry(Path(p)) for p in paths]}
 
 
+def _complete(f: dict) -> bool:
+    return bool(f.get("readable")) and not f.get("truncated")
+
+
 def exit_status(doc: dict) -> int:
-    """2 when no file could be read, 1 when a file has a zero or non-finite module, else 0."""
+    """2 when no file could be read in full (a truncated file is not a readable one), 1
+    when a file has a zero or non-finite module or could be read only in part, else 0."""
     files = doc.get("files", [])
-    if not files or not any(f.get("readable") for f in files):
+    if not files or not any(_complete(f) for f in files):
         return 2
-    if any(f["zero_modules"] or f["nonfinite_modules"] for f in files):
+    if any(f["zero_modules"] or f["nonfinite_modules"] or not _complete(f) for f in files):
         return 1
     return 0
 
@@ -140,11 +147,13 @@ def render_inspect_text(doc: dict) -> str:
             rest = len(meta) - len(shown)
             if rest > 0:
                 out.append(f"    (+{rest} more keys; --format json shows all)")
+        if f.get("truncated"):
+            out.append("  !! the file is cut short or its header unreadable: it could not be read in full")
         for p in f.get("problems", []):
             out.append(f"  problem: {p}")
         nz, nn = len(f["zero_modules"]), len(f["nonfinite_modules"])
         if mods:
-            if nz:
+            if nz and not f.get("truncated"):
                 out.append(f"  !! {nz} of {len(mods)} layers have an all-zero up/B weight (never learned)")
             if nn:
                 out.append(f"  !! {nn} of {len(mods)} layers hold NaN/Inf values")

@@ -1,14 +1,18 @@
 """The typed picture of a run that every stage after ingestion reads.
 
 Data flows one way: ``discover`` lists files, ``ingest.<format>.parse`` turns one
-file into a :class:`Parsed`, ``build`` merges all of them into one :class:`Run`,
-rules turn the Run into :class:`Finding` records, ``diagnose`` links them, and the
-renderers print them.  Nothing after ``build`` knows which trainer wrote a file.
+file into a :class:`Parsed`, ``build`` splits a folder into its runs and merges the
+pieces of each into one frozen :class:`Run`, rules turn a Run into :class:`Finding`
+records, ``diagnose`` links them, and the renderers print them.  Nothing after
+``build`` knows which trainer wrote a file: a Run holds typed values (each config
+value with the file and key it came from, or how it was derived), never file kinds or
+trainer facts for rules to dig out.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Mapping, TypedDict
 
 import numpy as np
 
@@ -33,6 +37,9 @@ EXTRA_CONFIG_KEYS = (
     "label_names", "seed", "optimizer", "mixed_precision", "warmup_ratio",
     "weight_decay", "lora_dropout", "network_module", "gradient_checkpointing",
     "lr_scheduler_num_cycles", "train_batch_size_per_device", "num_devices",
+    "metadata_path",       # lora-scripts: the metadata.csv of the images
+    "val_size", "max_samples",  # LLaMA-Factory: held-out share, record cap
+    "base_model_name",     # a model named only by its file name (kohya ss_sd_model_name)
 )
 
 
@@ -59,9 +66,12 @@ class RawSeries:
     values: np.ndarray             # float64, may hold nan/inf
     source: str                    # Source.path it came from
     wall_times: np.ndarray | None = None   # float64 seconds, when the file has them
+    # where each point sits in its file (line number, record index): splits one file
+    # holding several trainings consistently across tags; wall_times serve when absent
+    positions: np.ndarray | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Series:
     """One curve of the run after merging and role assignment."""
 
@@ -69,7 +79,10 @@ class Series:
     role: str                      # one of ROLES
     steps: np.ndarray              # int64, sorted ascending, unique
     values: np.ndarray             # float64
-    sources: list[str] = field(default_factory=list)
+    sources: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sources", tuple(self.sources))
 
     @property
     def nonfinite(self) -> int:
@@ -83,22 +96,53 @@ class Series:
                 "nonfinite": self.nonfinite}
 
 
-@dataclass
+@dataclass(frozen=True)
 class ConfigValue:
     key: str                       # normalized key (CONTRACT_CONFIG_KEYS or EXTRA_CONFIG_KEYS)
     value: Any
-    file: str                      # Source.path
+    file: str                      # Source.path ("" when derived from no single file)
     orig_key: str                  # the key as the trainer wrote it, dotted for nesting
+    # how a value no config file states was obtained, e.g. "peak of the logged
+    # learning_rate series" or "lora-scripts default"; None: written in `file`
+    derived: str | None = None
+
+    def where(self) -> str:
+        """"train.toml: unet_lr", or the derivation."""
+        if self.derived:
+            return f"{self.derived} ({self.file})" if self.file else self.derived
+        return f"{self.file}: {self.orig_key}"
 
 
-@dataclass
+def _frozen_map(m: Mapping | None) -> Mapping:
+    return MappingProxyType(dict(m or {}))
+
+
+@dataclass(frozen=True)
 class Config:
-    values: dict[str, Any] = field(default_factory=dict)
-    origins: dict[str, ConfigValue] = field(default_factory=dict)
+    """Normalized settings, each with its origin.  ``implied``: what the trainer uses
+    where its training config leaves a key out (not printed in the report)."""
+
+    values: Mapping[str, Any] = field(default_factory=dict)
+    origins: Mapping[str, ConfigValue] = field(default_factory=dict)
+    implied: Mapping[str, ConfigValue] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("values", "origins", "implied"):
+            object.__setattr__(self, name, _frozen_map(getattr(self, name)))
 
     def get(self, key: str, default: Any = None) -> Any:
         v = self.values.get(key)
         return default if v is None else v
+
+    def effective(self, key: str, default: Any = None) -> Any:
+        """The value, else the one the trainer implies by leaving the key out."""
+        v = self.values.get(key)
+        if v is None and key in self.implied:
+            v = self.implied[key].value
+        return default if v is None else v
+
+    def origin(self, key: str) -> ConfigValue | None:
+        return self.origins.get(key) or self.implied.get(key)
 
     def to_json(self) -> dict:
         return {k: _jsonable(self.values.get(k)) for k in CONTRACT_CONFIG_KEYS}
@@ -155,6 +199,7 @@ class Checkpoint:
     alpha: float | None = None
     target_modules: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    truncated: bool = False        # cut short or unreadable: tensors outside the file, bad header
 
 
 @dataclass
@@ -186,6 +231,34 @@ class Dataset:
     problems: list[str] = field(default_factory=list)
     records: int | None = None     # samples in the dataset; may exceed len(items) for huge
                                    # text sets, where only flagged records keep an item
+    views: int | None = None       # samples of one epoch counting kohya N_name repeats
+
+
+class ParseFacts(TypedDict, total=False):
+    """What a parser learned beyond curves, config and events (ingest -> build only;
+    build turns these into typed :class:`Run` fields, rules never see them)."""
+
+    trainer: str               # "kohya" | "lora-scripts" | "llamafactory" | "hf-trainer" | "diffusers"
+    task: str                  # "sd" | "llm"
+    layout: str                # the lorascope.trainers layout of a config file
+    planned_steps: int         # the trainer's own total (trainer_state max_steps, LF total_steps,
+                               # "Total optimization steps", kohya's progress bar)
+    state_global_step: int     # trainer_state.json global_step
+    state_epoch: float         # trainer_state.json epoch
+    num_train_epochs: float
+    log_history_len: int
+    checkpoint_step: int       # the checkpoint-N folder a file sits in
+    checkpoint_epoch: int
+    logging_steps: int
+    num_repeats: int           # kohya per-image repeats
+    train_views: int           # kohya: images x repeats of one epoch
+    steps_synthetic: bool      # text-log curves numbered by their order, not by a step
+    logging_interval: int
+    run_starts: list[int]      # text log: lines where each of several trainings began
+    planned_at: list[tuple[float, int]]   # (position, planned total) where a log's total changed
+    session: str               # kohya ss_session_id / ss_training_started_at
+    started_at: float          # kohya ss_training_started_at (seconds)
+    output_name: str
 
 
 @dataclass
@@ -198,39 +271,91 @@ class Parsed:
     events: list[LogEvent] = field(default_factory=list)
     checkpoints: list[Checkpoint] = field(default_factory=list)
     datasets: list[Dataset] = field(default_factory=list)
-    # Facts that are neither curves nor config, e.g.
-    #   trainer: "kohya" | "lora-scripts" | "llamafactory" | "hf-trainer" | "diffusers"
-    #   task: "sd" | "llm"
-    #   planned_steps: int, epochs: [(step, epoch_float), ...] as RawSeries tag "epoch",
-    #   state_global_step: int, log_history_len: int, checkpoint_step: int
-    facts: dict[str, Any] = field(default_factory=dict)
+    facts: ParseFacts = field(default_factory=dict)     # see ParseFacts
 
 
-@dataclass
+@dataclass(frozen=True)
 class StepInfo:
+    """Optimizer steps: first and last seen, planned, and how each is known."""
+
     first: int | None = None
     last: int | None = None
     planned: int | None = None
+    planned_from: str | None = None     # "checkpoint-40/trainer_state.json: max_steps",
+                                        # "5 epochs x ceil(240 images x repeats / batch 4) ..."
+    last_exact: bool = False            # last is the trainer's own step counter, not a logged point
+    last_from_checkpoint: bool = False  # only a saved checkpoint's state shows progress: the run
+                                        # may have gone on after that save
+    per_epoch: float | None = None      # optimizer steps per epoch, when the logs reveal it
+    epochs_done: float | None = None    # the epoch counter at the last step
+    logging_interval: int | None = None
 
     def to_json(self) -> dict:
         return {"first": self.first, "last": self.last, "planned": self.planned}
 
 
-@dataclass
+@dataclass(frozen=True)
+class DataSize:
+    """How much the run trained on, and where that number comes from."""
+
+    items: int | None = None            # unique samples (images / records)
+    repeats: float | None = None        # per-sample repeats of one epoch (kohya), None: 1
+    items_from: str | None = None
+
+    @property
+    def views(self) -> int | None:
+        """Samples of one epoch, repeats included."""
+        if self.items is None:
+            return None
+        return int(round(self.items * (self.repeats or 1)))
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """Another run found in the same folder (see Run.others)."""
+
+    id: str
+    sources: tuple[str, ...]
+    steps: StepInfo
+
+
+@dataclass(frozen=True)
 class Run:
+    """One training run, as its files show it.  Frozen: rules read, never write."""
+
     path: str                      # as the user named it
     name: str
     trainer: str = "unknown"
     task: str = "unknown"
-    sources: list[Source] = field(default_factory=list)
-    series: list[Series] = field(default_factory=list)
+    sources: tuple[Source, ...] = ()
+    series: tuple[Series, ...] = ()
     config: Config = field(default_factory=Config)
     steps: StepInfo = field(default_factory=StepInfo)
-    epoch_boundaries: list[int] = field(default_factory=list)   # first step of epochs 2, 3, ...
-    checkpoints: list[Checkpoint] = field(default_factory=list)
-    datasets: list[Dataset] = field(default_factory=list)
-    events: list[LogEvent] = field(default_factory=list)
-    facts: dict[str, Any] = field(default_factory=dict)
+    epoch_boundaries: tuple[int, ...] = ()   # first step of epochs 2, 3, ...
+    checkpoints: tuple[Checkpoint, ...] = ()
+    datasets: tuple[Dataset, ...] = ()
+    events: tuple[LogEvent, ...] = ()
+    data: DataSize = field(default_factory=DataSize)
+    # the train_loss series is a running (moving) average, not per-step values
+    loss_is_running_average: bool = False
+    # curve logs whose writer was killed mid-record (path, problem)
+    cut_logs: tuple[tuple[str, str], ...] = ()
+    # one folder, several runs: this run's id ("run-2"), the evidence of the mix and
+    # the other runs (oldest first); empty when the folder holds one run
+    id: str = "run-1"
+    latest: bool = True
+    mixed: tuple[str, ...] = ()
+    others: tuple[RunRef, ...] = ()
+    # every file read in the folder, this run's and the others' (the report's
+    # run.sources); empty when the folder holds one run (then it is `sources`)
+    folder_sources: tuple[Source, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("sources", "series", "epoch_boundaries", "checkpoints", "datasets",
+                     "events", "cut_logs", "mixed", "others", "folder_sources"):
+            v = getattr(self, name)
+            if not isinstance(v, tuple):
+                object.__setattr__(self, name, tuple(v))
 
     def by_role(self, role: str) -> list[Series]:
         return [s for s in self.series if s.role == role]

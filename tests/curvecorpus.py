@@ -98,7 +98,7 @@ def _sd_level(rng, n: int) -> np.ndarray:
 
 
 def _run(name: str, loss_steps, loss, *, task="llm", loss_name="train/loss", evals=(),
-         grad=None, grad_steps=None, bounds=(), config=None, lr=None) -> Run:
+         grad=None, grad_steps=None, bounds=(), config=None, lr=None, extra=()) -> Run:
     series = [Series(loss_name, role_of(loss_name), np.asarray(loss_steps, dtype=np.int64),
                      np.asarray(loss, dtype=float))]
     for ename, est, ev in evals:
@@ -111,6 +111,7 @@ def _run(name: str, loss_steps, loss, *, task="llm", loss_name="train/loss", eva
     if lr is not None:
         series.append(Series("train/learning_rate", "lr", np.asarray(loss_steps, dtype=np.int64),
                              np.asarray(lr, dtype=float)))
+    series.extend(extra)
     st = np.asarray(loss_steps)
     last = int(st[-1])
     return Run(path=name, name=name, task=task, series=series,
@@ -177,11 +178,9 @@ def healthy_pref(rng, n, interval):
         t = np.arange(n)
         lvl = 0.693 - rng.uniform(0.1, 0.5) * (1 - np.exp(-t / max(1.0, 0.2 * n)))
         loss = lvl + rng.normal(0, rng.uniform(0.02, 0.1), n)
-        evals = ()
         rw = rng.normal(0.5, 0.2, n)
-        run = _run("healthy_pref", st, loss, evals=evals)
-        run.series.append(Series("train/rewards/accuracies", "other", st, rw))
-        return run, {}
+        return _run("healthy_pref", st, loss,
+                    extra=[Series("train/rewards/accuracies", "other", st, rw)]), {}
     loss = rng.normal(0, rng.uniform(0.001, 0.05), n)
     k = rng.random(n) < 0.02
     loss[k] += rng.normal(0, 0.2, int(k.sum()))

@@ -16,8 +16,22 @@ def decay(n=500, noise=0.05, seed=0, a=0.6, b=1.4, tau=0.1):
     return np.log(a + b * np.exp(-t / (tau * n))) + rng.normal(0, noise, n)
 
 
+# what the pre-typed Run kept in its `facts` dict, and the typed field that holds it now
+FACT_FIELDS = {"loss_running_average": "loss_is_running_average", "steps_per_epoch": "per_epoch",
+               "mixed_evidence": "mixed"}
+
+
 def make_run(loss=None, *, steps=None, eval_steps=None, eval_vals=None, grad=None, bounds=(),
-             config=None, task="llm", facts=None, loss_name="train/loss"):
+             config=None, task="llm", facts=None, loss_name="train/loss", running_average=False,
+             steps_per_epoch=None, events=(), extra_series=()):
+    """A hand-built Run.  ``facts`` (the old untyped dict) is still accepted for the keys
+    in FACT_FIELDS and mapped to the typed fields."""
+    facts = dict(facts or {})
+    unknown = set(facts) - set(FACT_FIELDS)
+    if unknown:
+        raise TypeError(f"make_run: no typed Run field for facts {sorted(unknown)}")
+    running_average = running_average or bool(facts.get("loss_running_average"))
+    steps_per_epoch = steps_per_epoch or facts.get("steps_per_epoch")
     series = []
     last = 0
     if loss is not None:
@@ -31,9 +45,12 @@ def make_run(loss=None, *, steps=None, eval_steps=None, eval_vals=None, grad=Non
         gs = np.arange(1, len(grad) + 1, dtype=np.int64) if steps is None else np.asarray(steps)
         series.append(Series("train/grad_norm", "grad_norm", gs, np.asarray(grad, dtype=float)))
         last = max(last, int(gs[-1]))
+    series.extend(extra_series)
     return Run(path="r", name="r", task=task, series=series, config=Config(values=dict(config or {})),
-               epoch_boundaries=list(bounds), steps=StepInfo(1 if last else None, last or None, last or None),
-               facts=dict(facts or {}))
+               epoch_boundaries=list(bounds),
+               steps=StepInfo(1 if last else None, last or None, last or None, per_epoch=steps_per_epoch),
+               loss_is_running_average=running_average, mixed=tuple(facts.get("mixed_evidence") or ()),
+               events=tuple(events))
 
 
 def check(rule_id, run):

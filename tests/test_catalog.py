@@ -19,6 +19,7 @@ CONTRACT_IDS = {
     "grad.nonfinite": "info",
     "run.mixed": "warning", "run.incomplete": "warning", "log.base_model_not_loaded": "critical",
     "log.no_trainable_params": "critical", "log.oom": "critical", "ckpt.zero_adapter": "critical",
+    "ckpt.truncated": "critical",
     "ckpt.nonfinite": "critical", "ckpt.norm_growth": "warning", "ckpt.config_mismatch": "warning",
     "data.encoding": "warning", "data.missing_file": "critical", "data.case_mismatch": "critical",
     "data.corrupt_image": "critical", "data.degenerate_image": "warning",

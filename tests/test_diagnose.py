@@ -1,6 +1,6 @@
 """Diagnosis: causes that fired are linked to the symptom, ranked; the fix follows the top cause."""
 from lorascope.diagnose import diagnose, verdict
-from lorascope.model import Finding, Run, StepInfo
+from lorascope.model import Config, Finding, Run, StepInfo
 
 CATALOG = {
     "loss.nonfinite": {"severity": "critical", "causes": {"data.degenerate_image": 0.6, "config.lr_high": 0.5},
@@ -11,9 +11,8 @@ CATALOG = {
 
 
 def run(lr=1e-3):
-    r = Run(path=".", name="x", steps=StepInfo(1, 100, 100))
-    r.config.values["learning_rate"] = lr
-    return r
+    return Run(path=".", name="x", steps=StepInfo(1, 100, 100),
+               config=Config(values={"learning_rate": lr}))
 
 
 def nonfinite():

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
+from helpers import lorascope
 from lorascope.inspect import exit_status, inspect_files, render_inspect_text
 
 RNG = np.random.default_rng(3)
@@ -76,8 +77,37 @@ def test_unreadable_arguments_keep_their_entry(tmp_path):
     assert e0["format"] == "unknown" and e0["problems"] == ["no such file"]
     assert e2["format"] == "unknown" and e2["problems"]
     assert e1["format"] == "kohya"
-    assert exit_status(doc) == 0
+    # one file read in full: not exit 2; but files that could not be read are a problem
+    assert exit_status(doc) == 1
+    assert exit_status(inspect_files([good])) == 0
     assert exit_status(inspect_files([missing, junk])) == 2
+
+
+def _cut(src, dst, keep):
+    """What a copy killed midway leaves: the first `keep` bytes of the file."""
+    data = src.read_bytes()
+    dst.write_bytes(data[:keep] if keep > 0 else data[:len(data) + keep])
+    return dst
+
+
+def test_a_truncated_file_is_never_exit_0_nor_a_zero_adapter(tmp_path):
+    good = kohya_file(tmp_path / "good.safetensors")
+    size = good.stat().st_size
+    # cut inside the tensor data: the header reads, tensors lie outside the file
+    cut = _cut(good, tmp_path / "cut.safetensors", size // 3)
+    doc = inspect_files([cut])
+    (e,) = doc["files"]
+    assert e["readable"] and e["truncated"]
+    assert any("outside" in p for p in e["problems"])
+    assert e["zero_modules"] == []
+    assert exit_status(doc) == 2                    # no file could be read in full
+    assert "cut short" in render_inspect_text(doc)
+    # cut inside the header: unreadable, exit 2 as well
+    assert exit_status(inspect_files([_cut(good, tmp_path / "head.safetensors", 20)])) == 2
+    # beside a complete file: exit 1, the cut one is a problem
+    assert exit_status(inspect_files([good, cut])) == 1
+    r = lorascope("inspect", cut)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
 
 
 def test_text_table_shows_summary_metadata_and_layers(tmp_path):

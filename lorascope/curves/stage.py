@@ -43,7 +43,7 @@ def preference_loss(run: Run, s: Series) -> bool:
 
 def running_average_declared(run: Run) -> bool:
     """The run's only train-loss series is a running average (set by the run model)."""
-    return bool(run.facts.get("loss_running_average"))
+    return bool(run.loss_is_running_average)
 
 
 EPOCH_LOSS = {"loss/epoch", "loss/epoch_average"}
@@ -144,7 +144,7 @@ def analyze(run: Run, catalog: dict) -> CurveAnalysis:
             fl = loss.flat(tcur, train.name, T, sg.warmup_index(tcur, run, T.rule("loss.plateau", "warmup_frac")))
             if fl is not None:
                 eps.append(fl)
-            spe = run.facts.get("steps_per_epoch")
+            spe = run.steps.per_epoch
             if not spe and len(run.epoch_boundaries) >= 2:
                 spe = float(np.median(np.diff(sorted(run.epoch_boundaries))))
             sw = swings.swings(tcur, train.name, T, float(spe) if spe else None)

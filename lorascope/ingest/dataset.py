@@ -32,6 +32,7 @@ from typing import Any, Iterator
 
 from lorascope.discover import IMAGE_EXTS, walk
 from lorascope.model import DataItem, Dataset, Source
+from lorascope.trainers import kohya
 
 # -- limits ----------------------------------------------------------------------------
 
@@ -50,7 +51,7 @@ CHARS_PER_TOKEN = 3.5                  # no tokenizer: latin-script text ~3.5 ch
 CAPTION_EXTS = (".txt", ".caption")
 NAME_COLUMNS = ("file_name", "filename", "file", "image", "image_file", "file_path", "path")
 TEXT_COLUMNS = ("text", "caption", "prompt", "tags", "description")
-CONCEPT_DIR = re.compile(r"^(\d+)_(.+)$")
+CONCEPT_DIR = kohya.CONCEPT_DIR_RE      # kohya's "<repeats>_<name>" folders
 EXT_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP",
                ".bmp": "BMP", ".gif": "GIF", ".tif": "TIFF", ".tiff": "TIFF"}
 
@@ -438,6 +439,13 @@ def load_image_dataset(root: Path, run_dir: Path, *, jobs: int | None = None,
         shown = ", ".join(bad_enc_files[:5]) + (f" and {len(bad_enc_files) - 5} more"
                                                 if len(bad_enc_files) > 5 else "")
         ds.problems.append(f"{len(bad_enc_files)} caption files are not UTF-8 ({enc}): {shown}")
+    if concept_dirs:
+        # kohya counts each image of an N_name folder N times per epoch
+        views = 0
+        for rel in images:
+            m = CONCEPT_DIR.match(rel.split("/", 1)[0]) if "/" in rel else None
+            views += int(m.group(1)) if m else 0
+        ds.views = views or None
     if concept_dirs and loose:
         ds.problems.append(f"kohya reads only N_concept subfolders: {len(loose)} images "
                            f"outside them (e.g. {loose[0]}) are not trained on")

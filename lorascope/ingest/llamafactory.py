@@ -39,6 +39,15 @@ def duration_seconds(text: Any) -> float | None:
     return float(int(d or 0) * 86400 + int(h) * 3600 + int(mi) * 60 + int(s))
 
 
+def _changes(points: list[tuple[float, int]]) -> list[tuple[float, int]]:
+    """(position, planned) at each change of the planned total, bounded."""
+    out: list[tuple[float, int]] = []
+    for pos, v in points:
+        if not out or out[-1][1] != v:
+            out.append((pos, v))
+    return out[:1000]
+
+
 def parse(path: Path, rel: str) -> Parsed:
     """``trainer_log.jsonl`` -> RawSeries ``loss``, ``eval_loss``, ``learning_rate``,
     ``epoch`` and any other numeric field under its own name."""
@@ -47,8 +56,9 @@ def parse(path: Path, rel: str) -> Parsed:
     parsed.facts["trainer"] = "llamafactory"
     parsed.facts["task"] = "llm"
     bad = ProblemLog()
-    points: dict[str, tuple[list[int], list[float]]] = {}
+    points: dict[str, tuple[list[int], list[float], list[int]]] = {}
     total_steps: list[int] = []
+    planned_at: list[tuple[float, int]] = []
     last_step: int | None = None
     decreases = 0
     elapsed = None
@@ -77,10 +87,14 @@ def parse(path: Path, rel: str) -> Parsed:
             records += 1
             if last_step is not None and step < last_step:
                 decreases += 1
+                epoch_seen = set()            # a training appended after another
             last_step = step
             ts = _int(obj.get("total_steps"))
-            if ts is not None and ts > 0 and (not total_steps or total_steps[-1] != ts):
-                total_steps.append(ts)
+            if ts is not None and ts > 0:
+                if not total_steps or total_steps[-1] != ts:
+                    total_steps.append(ts)
+                # per line, for a file two trainings appended to (build cuts it by line)
+                planned_at.append((float(lineno), ts))
             el = duration_seconds(obj.get("elapsed_time"))
             if el is not None:
                 elapsed = el
@@ -98,9 +112,10 @@ def parse(path: Path, rel: str) -> Parsed:
                     if step in epoch_seen:
                         continue      # the closing line repeats the last step's epoch
                     epoch_seen.add(step)
-                s, vs = points.setdefault(tag, ([], []))
+                s, vs, ls = points.setdefault(tag, ([], [], []))
                 s.append(step)
                 vs.append(v)
+                ls.append(lineno)
     except OSError as e:
         src.problems.append(f"cannot read ({e.strerror or e})")
     if stats.stopped_at_bytes:
@@ -114,6 +129,7 @@ def parse(path: Path, rel: str) -> Parsed:
         f["planned_steps"] = total_steps[-1]
         if len(set(total_steps)) > 1:
             f["total_steps_values"] = total_steps[:20]
+            f["planned_at"] = _changes(planned_at)
     if last_step is not None:
         f["last_logged_step"] = last_step
     if decreases:
@@ -122,9 +138,10 @@ def parse(path: Path, rel: str) -> Parsed:
         f["elapsed_seconds"] = elapsed
     if records and "loss" not in points and "eval_loss" not in points:
         f["no_loss_logged"] = True
-    for tag, (s, v) in points.items():
+    for tag, (s, v, ln) in points.items():
         parsed.series.append(RawSeries(tag=tag, steps=np.asarray(s, dtype=np.int64),
-                                       values=np.asarray(v, dtype=np.float64), source=rel))
+                                       values=np.asarray(v, dtype=np.float64), source=rel,
+                                       positions=np.asarray(ln, dtype=np.float64)))
     return parsed
 
 

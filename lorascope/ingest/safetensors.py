@@ -44,6 +44,7 @@ import numpy as np
 from lorascope.ingest import _lycoris
 from lorascope.ingest._tensorscan import NUMPY_DTYPES, Job, TensorInfo, pair, read_small, scalar, scan
 from lorascope.model import Checkpoint, Module, Parsed, Source, TensorStat
+from lorascope.trainers import hf_trainer, kohya
 
 KIND = "safetensors"
 MAX_HEADER = 100 * 1024 * 1024        # a header longer than this is refused
@@ -83,9 +84,7 @@ DIFFUSERS_PREFIXES = ("unet", "text_encoder", "text_encoder_2", "text_encoder_3"
                       "transformer", "prior", "decoder")
 # LyCORIS algorithms we list but do not analyse (LoCon, LoHa and LoKr are analysed)
 LYCORIS_RE = re.compile(r"\.(oft_blocks|oft_diag|oft_R|boft_R|boft_blocks|diff|diff_b|w_norm|b_norm)$")
-CKPT_DIR_RE = re.compile(r"(?:^|/)checkpoint-(\d+)/[^/]*$")
 STEP_NAME_RE = re.compile(r"[-_]step-?0*(\d+)$", re.I)
-KOHYA_EPOCH_RE = re.compile(r"-(\d{6})$")
 TRAILING_NUM_RE = re.compile(r"[-_](\d+)$")
 # kohya names are underscore-joined paths: the layer names we recognise at their end
 KOHYA_LEAVES = sorted((
@@ -117,6 +116,7 @@ class _Problems:
     def __init__(self) -> None:
         self.items: list[str] = []
         self.extra = 0
+        self.cut = False           # the file is cut short or its header unreadable
 
     def add(self, text: str) -> None:
         if len(self.items) < MAX_PROBLEMS:
@@ -144,12 +144,14 @@ def read_header(path: Path, problems: _Problems) -> Header:
         return Header(0)
     h = Header(size)
     if size < 8:
+        problems.cut = True
         problems.add(f"not a safetensors file: {size} bytes, shorter than the 8-byte header length")
         return h
     try:
         with open(path, "rb") as f:
             (n,) = struct.unpack("<Q", f.read(8))
             if n > MAX_HEADER or n > size - 8:
+                problems.cut = True
                 problems.add(f"header length {n} is impossible for a {size}-byte file "
                              f"(limit {min(MAX_HEADER, size - 8)}): not a safetensors file or truncated")
                 return h
@@ -160,12 +162,15 @@ def read_header(path: Path, problems: _Problems) -> Header:
     try:
         doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
+        problems.cut = True
         problems.add(f"header is not valid JSON ({str(e)[:80]})")
         return h
     except RecursionError:
+        problems.cut = True
         problems.add("header is not valid JSON (nested too deeply)")
         return h
     if not isinstance(doc, dict):
+        problems.cut = True
         problems.add("header is not a JSON object")
         return h
     h.ok = True
@@ -209,6 +214,8 @@ def _check_tensor(name: str, info: Any, data_start: int, data_len: int,
         return _bad(problems, name, "data_offsets is not a pair of integers")
     begin, end = offs
     if begin < 0 or end < begin or end > data_len:
+        if end > data_len and 0 <= begin <= end:
+            problems.cut = True
         return _bad(problems, name, f"data_offsets {_clip([begin, end])} lie outside the "
                                     f"{data_len} bytes of tensor data (file truncated?)")
     numel = 0 if 0 in shape else 1
@@ -383,7 +390,7 @@ def load_adapter_config(path: Path, problems: _Problems | None = None) -> dict |
 def step_from_path(rel: str, fmt: str) -> tuple[int | None, int | None]:
     """(step, epoch) as the path names them.  ``checkpoint-N/`` and ``-stepN`` are steps;
     kohya's ``name-000005`` is an epoch; a trailing ``-N`` / ``_N`` elsewhere a step."""
-    m = CKPT_DIR_RE.search(rel)
+    m = hf_trainer.CHECKPOINT_FILE_RE.search(rel)
     if m:
         return int(m.group(1)), None
     stem = rel.rsplit("/", 1)[-1]
@@ -393,17 +400,12 @@ def step_from_path(rel: str, fmt: str) -> tuple[int | None, int | None]:
     if m:
         return int(m.group(1)), None
     if fmt == "kohya":
-        m = KOHYA_EPOCH_RE.search(stem)
+        m = kohya.EPOCH_FILE_RE.search(stem)
         return (None, int(m.group(1))) if m else (None, None)
     m = TRAILING_NUM_RE.search(stem)
     if m and len(m.group(1)) <= 9:
         return int(m.group(1)), None
     return None, None
-
-
-def _int_meta(v: str | None) -> int | None:
-    f = _num(v)
-    return int(f) if f is not None and f == int(f) and f >= 0 else None
 
 
 # -- reading -------------------------------------------------------------------------
@@ -463,6 +465,7 @@ def _read(path: Path, rel: str, adapter_config: dict | None, stats_budget: int) 
     facts: dict[str, Any] = {}
     if not h.ok:
         ck.problems = problems.out()
+        ck.truncated = problems.cut
         return ReadResult(ck, False, facts)
 
     pairs, used = _group(h.tensors)
@@ -529,6 +532,7 @@ def _read(path: Path, rel: str, adapter_config: dict | None, stats_budget: int) 
                     alpha = alphas.kohya_alpha
                 modules.append(_lycoris.module(layer, fd, alpha, stats))
     except (OSError, ValueError) as e:
+        problems.cut = True
         problems.add(f"cannot read tensor data ({e})")
         stats, modules = {}, []
 
@@ -566,8 +570,8 @@ def _read(path: Path, rel: str, adapter_config: dict | None, stats_budget: int) 
 
     step, epoch = step_from_path(rel, ck.format)
     if ck.format == "kohya" or any(k.startswith("ss_") for k in h.metadata):
-        ss_steps = _int_meta(h.metadata.get("ss_steps"))
-        ss_epoch = _int_meta(h.metadata.get("ss_epoch"))
+        ss_steps = kohya.file_step(h.metadata, positive=False)
+        ss_epoch = kohya.file_epoch(h.metadata)
         if ss_steps is not None and step is None:
             step = ss_steps
         if ss_epoch is not None and epoch is None:
@@ -576,6 +580,7 @@ def _read(path: Path, rel: str, adapter_config: dict | None, stats_budget: int) 
     if epoch is not None:
         facts["checkpoint_epoch"] = epoch
     ck.problems = problems.out()
+    ck.truncated = problems.cut
     return ReadResult(ck, True, facts)
 
 
@@ -662,7 +667,9 @@ def parse(path: Path, rel: str) -> Parsed:
     r = read(path, rel)
     ck = r.checkpoint
     src = Source(path=rel, kind=KIND, records=len(ck.tensors), problems=list(ck.problems))
-    parsed = Parsed(source=src, checkpoints=[ck] if r.readable else [], facts=dict(r.facts))
+    # an unreadable file is kept (ckpt.truncated reports it), with no tensors
+    parsed = Parsed(source=src, checkpoints=[ck] if r.readable or ck.truncated else [],
+                    facts=dict(r.facts))
     if ck.format in ("kohya", "diffusers"):
         parsed.facts["task"] = "sd"
     elif ck.format == "peft" and any(".layers." in m.name for m in ck.modules):

@@ -26,6 +26,7 @@ import numpy as np
 
 from lorascope.ingest._lines import MAX_LINE, ReadStats, iter_lines
 from lorascope.model import ConfigValue, LogEvent, Parsed, RawSeries, Source
+from lorascope.trainers import hf_trainer, kohya, lora_scripts
 
 KIND = "text_log"
 MAX_EVENTS_PER_KIND = 200
@@ -166,12 +167,16 @@ NEEDLES: list[tuple[str, ...]] = [
     ("nan", " inf", "=inf", "infinity"), ("nan loss", "inf loss", "detected in loss"),
     ("gradient overflow",),
 ]
+# each trainer module's own event lines (lorascope.trainers.<name>.LOG_EVENTS)
+PATTERNS += lora_scripts.LOG_EVENTS
+NEEDLES += lora_scripts.LOG_NEEDLES
 assert len(NEEDLES) == len(PATTERNS)
 # Substring tests on the lower-cased line are far cheaper than one big case-insensitive
 # regex alternation (which Python's re does not optimise): most lines pass no gate.
 EVENT_NEEDLES = tuple(sorted({n for ns in NEEDLES for n in ns}))
 MISC_NEEDLES = ("some weights of", "load report", "num epochs", "batch size", "accumulation steps",
-                "optimization steps", "logging_steps", "saving model checkpoint")
+                "optimization steps", "logging_steps", "saving model checkpoint", "num examples",
+                "num train images")
 
 NEWLY_INIT_RE = re.compile(r"Some weights of (\S+) were not initialized from the model checkpoint at (\S+)"
                            r"(?: and are newly initialized)?(?:[^:\[]*)?:?\s*(\[.*)?$")
@@ -185,21 +190,14 @@ SUMMARY_KEYS = {"train_runtime", "train_samples_per_second", "train_steps_per_se
 TRAIN_KEYS = {"loss", "learning_rate", "grad_norm"}
 SKIP_DICT_KEYS = {"epoch", "step", "total_flos", "num_input_tokens_seen"}
 SKIP_SUFFIXES = ("_runtime", "_samples_per_second", "_steps_per_second")
-KOHYA_BAR_RE = re.compile(r"(\d{1,12})/(\d{1,12}) \[[^\]\r]*?avr_loss=([-+0-9.eE]+|nan|inf)")
+KOHYA_BAR_RE = kohya.LOG_BAR
 LOG_STEPS_RE = re.compile(r"\blogging_steps\s*[=:]\s*(\d+)")
 SAVE_RE = re.compile(r"Saving model checkpoint to \S*checkpoint-(\d+)")
 
 # -- run shape the log reveals ------------------------------------------------------------
-HF_SHAPE = [
-    (re.compile(rf"Num Epochs = ({_NUM})"), "epochs", "Num Epochs"),
-    (re.compile(rf"Instantaneous batch size per device = ({_NUM})"), "batch_size",
-     "Instantaneous batch size per device"),
-    (re.compile(rf"Gradient Accumulation steps = ({_NUM})"), "grad_accum", "Gradient Accumulation steps"),
-    (re.compile(rf"num epochs / epoch\S*: ({_NUM})"), "epochs", "num epochs"),
-    (re.compile(rf"batch size per device / \S+: ({_NUM})\s*$"), "batch_size", "batch size per device"),
-    (re.compile(rf"gradient accumulation steps / \S+ = ({_NUM})"), "grad_accum", "gradient accumulation steps"),
-]
-PLANNED_RE = re.compile(rf"(?:Total optimization steps = |total optimization steps / \S+: )({_NUM})")
+# what each trainer's banner says about the run's shape (lorascope.trainers.<name>)
+HF_SHAPE = hf_trainer.LOG_SHAPE + kohya.LOG_SHAPE
+PLANNED_RES = (hf_trainer.LOG_PLANNED, kohya.LOG_PLANNED)
 
 
 def _clean(line: str) -> str:
@@ -270,6 +268,9 @@ class _State:
         self.bar: dict[int, float] = {}            # kohya progress bar: step -> avr_loss
         self.bar_total: int | None = None
         self.planned: int | None = None
+        self.views: int | None = None               # kohya: images x repeats of one epoch
+        self.banners: list[int] = []                # lines of HF's "Running training" banner
+        self.in_training_banner = False
         self.shape: dict[str, tuple[int, str]] = {}
         self.lora_modules: dict[str, tuple[int, int, str]] = {}   # part -> (modules, line, text)
         self.tb: tuple[int, str] | None = None     # open traceback: (line, text)
@@ -284,6 +285,10 @@ class _State:
         if "Traceback (" in line and TRACEBACK_RE.search(line):
             self.tb, self.tb_len = (lineno, line), 0
         low = line.lower()
+        if "***** " in line:                 # HF's banners: training, evaluation, prediction
+            self.in_training_banner = hf_trainer.LOG_BANNER in line
+            if self.in_training_banner:
+                self.banners.append(lineno)
         if self.trainer is None or self.trainer == "hf-trainer":
             self._trainer(line, low)
         if any(n in low for n in EVENT_NEEDLES):
@@ -306,7 +311,7 @@ class _State:
         and its web UI log; kohya prints bilingual headers; HF Trainer its banner."""
         if "llamafactory" in low or "llama-factory" in low:
             self.trainer = "llamafactory"
-        elif "学習開始" in line or "sd-scripts" in low:
+        elif any(m in line for m in kohya.LOG_TRAINER):
             self.trainer = "kohya"
         elif self.trainer is None and "***** Running training *****" in line:
             self.trainer = "hf-trainer"
@@ -367,11 +372,17 @@ class _State:
                 self.report = (lineno, line, m.group(1), [], m.group(2))
         for rx, key, orig in HF_SHAPE:
             m = rx.search(line)
+            if m and key == "num_train_items" and not self.in_training_banner:
+                continue            # an evaluation / prediction banner's count
             if m and key not in self.shape:
                 self.shape[key] = (_int(m.group(1)), orig)
-        m = PLANNED_RE.search(line)
-        if m:
-            self.planned = _int(m.group(1))
+        for rx in PLANNED_RES:
+            m = rx.search(line)
+            if m:
+                self.planned = _int(m.group(1))
+        m = kohya.LOG_VIEWS.search(line)
+        if m and self.views is None:
+            self.views = _int(m.group(1))
         if self.log_steps is None:
             m = LOG_STEPS_RE.search(line)
             if m:
@@ -435,7 +446,12 @@ def parse(path: Path, rel: str) -> Parsed:
     f = parsed.facts
     f["lines"] = stats.lines
     f["event_counts"] = dict(ev.counts)
-    _series_from_dicts(st.dicts, st.saves, st.log_steps, st.planned, parsed)
+    # a log holding several trainings (one "Running training" banner each): the printed
+    # step-less curves restart with each
+    restarts = st.banners[1:] if len(st.banners) > 1 else []
+    if restarts:
+        f["run_starts"] = list(st.banners)
+    _series_from_dicts(st.dicts, st.saves, st.log_steps, st.planned, parsed, restarts)
     trainer = st.trainer
     if rel.rsplit("/", 1)[-1] == "running_log.txt":
         trainer = "llamafactory"            # the LLaMA-Factory web UI's capture of stdout
@@ -455,6 +471,8 @@ def parse(path: Path, rel: str) -> Parsed:
     planned = st.planned if st.planned is not None else st.bar_total
     if planned:
         f["planned_steps"] = planned
+    if st.views:
+        f["train_views"] = st.views
     for key, (v, orig) in st.shape.items():
         if v > 0:
             parsed.config.append(ConfigValue(key, v, rel, orig))
@@ -482,7 +500,8 @@ def _interval(saves: list[tuple[int, int]], log_steps: int | None, planned: int 
     return None
 
 
-def _series_from_dicts(dicts, saves, log_steps, planned, parsed: Parsed) -> None:
+def _series_from_dicts(dicts, saves, log_steps, planned, parsed: Parsed,
+                       restarts: list[int] = ()) -> None:
     if not dicts:
         return
     rel = parsed.source.path
@@ -507,10 +526,22 @@ def _series_from_dicts(dicts, saves, log_steps, planned, parsed: Parsed) -> None
         f["steps_synthetic"] = True
         f["logging_interval"] = interval
         f["logging_interval_from"] = found[1] if found else "unknown (ordinal)"
-    points: dict[str, tuple[list[int], list[float]]] = {}
+    points: dict[str, tuple[list[int], list[float], list[int]]] = {}
     ordinal = 0
     epoch_seen: set[int] = set()
-    for _, kind, vals in body:
+    pending = list(restarts)
+
+    def add(tag: str, step: int, value: float, lineno: int) -> None:
+        st, vs, ln = points.setdefault(tag, ([], [], []))
+        st.append(step)
+        vs.append(value)
+        ln.append(lineno)
+
+    for lineno, kind, vals in body:
+        while pending and lineno > pending[0]:
+            pending.pop(0)
+            ordinal = 0                       # a new training printed into the same log
+            epoch_seen = set()
         if real:
             step = int(vals["step"])
         elif kind == "train":
@@ -520,15 +551,12 @@ def _series_from_dicts(dicts, saves, log_steps, planned, parsed: Parsed) -> None
             step = ordinal * interval      # evaluation at the last logged step
         if "epoch" in vals and step not in epoch_seen:
             epoch_seen.add(step)
-            points.setdefault("epoch", ([], []))
-            points["epoch"][0].append(step)
-            points["epoch"][1].append(vals["epoch"])
+            add("epoch", step, vals["epoch"], lineno)
         for k, v in vals.items():
             if k in SKIP_DICT_KEYS or k.endswith(SKIP_SUFFIXES):
                 continue
-            s, vs = points.setdefault(k, ([], []))
-            s.append(step)
-            vs.append(v)
-    for tag, (s, v) in points.items():
-        parsed.series.append(RawSeries(tag=tag, steps=np.asarray(s, dtype=np.int64),
-                                       values=np.asarray(v, dtype=np.float64), source=rel))
+            add(k, step, v, lineno)
+    for tag, (st, v, ln) in points.items():
+        parsed.series.append(RawSeries(tag=tag, steps=np.asarray(st, dtype=np.int64),
+                                       values=np.asarray(v, dtype=np.float64), source=rel,
+                                       positions=np.asarray(ln, dtype=np.float64)))

@@ -33,6 +33,9 @@ def _fmt(v) -> str:
 def story(run, findings, verdict: str) -> str:
     """One paragraph telling what happened, in order."""
     parts = []
+    if run.others:
+        parts.append(f"This folder holds {len(run.others) + 1} runs; this report is about {run.id}"
+                     + (" (the latest)" if run.latest else "") + ".")
     st = run.steps
     if st.last is not None:
         done = f"ran {st.last} optimizer steps"

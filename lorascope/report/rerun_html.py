@@ -44,11 +44,9 @@ def _after(series, start: int):
     """A replay's own points (the verifier prefixes its curves with the original's)."""
     if series is None:
         return None
-    import copy
+    from dataclasses import replace
     keep = np.asarray(series.steps) > start
-    s = copy.copy(series)
-    s.steps, s.values = np.asarray(series.steps)[keep], np.asarray(series.values)[keep]
-    return s
+    return replace(series, steps=np.asarray(series.steps)[keep], values=np.asarray(series.values)[keep])
 
 
 def story(doc: dict, reproduction=()) -> str:

@@ -28,6 +28,27 @@ def fmt_fix(fix: dict, eq: str = "=") -> str:
     return ("; " if lists else ", ").join(parts)
 
 
+def _other_runs(doc: dict) -> list[str]:
+    """A folder holding several runs: which one the findings are about, and the others."""
+    runs = doc.get("runs") or []
+    me = next((r for r in runs if r.get("analysed")), None)
+    if me is None:
+        return []
+    out = [f"this folder holds {len(runs)} runs; the findings below are about {me['id']}"
+           + (" (the latest)" if me.get("latest") else "")]
+    for r in runs:
+        if r is me:
+            continue
+        st = r["steps"]
+        span = f"steps {st['first']}-{st['last']}" if st["last"] is not None else "no steps"
+        if st["planned"]:
+            span += f" of {st['planned']} planned"
+        rules = sorted({f["rule"] for f in r["findings"] if f["severity"] != "info"} - {"run.mixed"})
+        out.append(f"  other run {r['id']}: {span}, verdict {r['verdict']}"
+                   + (f" ({', '.join(rules)})" if rules else ""))
+    return out
+
+
 def render_text(doc: dict, color: bool = False, html_path: str | None = None) -> str:
     def st(s: str, key: str, bold: bool = False) -> str:
         return click.style(s, fg=COLORS.get(key), bold=bold) if color else s
@@ -37,7 +58,8 @@ def render_text(doc: dict, color: bool = False, html_path: str | None = None) ->
     steps = run["steps"]
     span = ""
     if steps["last"] is not None:
-        span = f", steps {steps['first']}-{steps['last']}"
+        span = (f", steps {steps['first']}-{steps['last']}" if steps["first"] is not None
+                else f", step {steps['last']}")
         if steps["planned"]:
             span += f" of {steps['planned']} planned"
     lines.append(f"{run['path']}  ({run['trainer']}, {run['task']}{span})")
@@ -45,6 +67,7 @@ def render_text(doc: dict, color: bool = False, html_path: str | None = None) ->
               for s in ("critical", "warning", "info")}
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no findings"
     lines.append(st(f"verdict: {doc['verdict'].upper()}", doc["verdict"], bold=True) + f"  ({summary})")
+    lines.extend(_other_runs(doc))
     findings = sorted(doc["findings"], key=lambda f: -SEVERITY_ORDER[f["severity"]])
     current = None
     for f in findings:

@@ -2,23 +2,26 @@
 
 `--cmd "llamafactory-cli train {config}"`: the run's own config file (the one that set the
 learning rate, per ``Config.origins``) is rewritten in its own format (YAML for
-LLaMA-Factory / HF, TOML for kohya / lora-scripts, JSON for HF argument dumps) with:
+LLaMA-Factory / HF / lora-scripts, TOML for kohya / lora-scripts, JSON for HF argument
+dumps).  Its trainer layout (:mod:`lorascope.trainers`, the module ingest read it with)
+says how:
 
-* the fix, each normalized key mapped back to the key the trainer spells (the original
-  key when the file has it, else the layout's name for it);
+* the fix, each normalized key mapped back to the key(s) as the user wrote them (the
+  original key, and other spellings of the same setting the file holds), else the
+  layout's name for it;
 * data fixes (``exclude_files``, see :mod:`lorascope.rerun.data_fix`): the trainer's image
   folder (``train_data_dir``, or a dataset TOML's ``image_dir``) replaced by a filtered
   copy under --out, the original never touched;
-* resume settings: HF / LLaMA-Factory ``resume_from_checkpoint`` pointing at a sanitised
-  copy of the checkpoint under --out (adapter + trainer_state.json only: no optimizer,
-  scheduler or RNG pickles, so the fixed learning rate is not overwritten by the restored
-  optimizer state; the trainer starts a fresh optimizer and scheduler). kohya:
-  ``resume`` when a ``*-state`` folder exists for that step, else an adapter-only resume:
-  ``network_weights`` = the LoRA file saved at that step (``<name>-00000N.safetensors``)
-  and ``initial_step`` = that step (sd-scripts skips the steps already trained, so the
-  logged steps continue); with no save before the symptom, training starts from scratch;
-* a new ``output_dir`` / ``logging_dir`` under --out, and ``max_steps`` /
-  ``max_train_steps`` set to the window's end (epochs removed);
+* the layout's ``replay``: a new output (and logging) dir under --out, the window's end as
+  the trainer's step cap (epochs removed) and the resume settings: HF / LLaMA-Factory
+  ``resume_from_checkpoint`` pointing at a sanitised copy of the checkpoint (adapter +
+  trainer_state.json only: no optimizer, scheduler or RNG pickles, so the fixed learning
+  rate is not overwritten by the restored optimizer state). kohya: ``resume`` when a
+  ``*-state`` folder exists for that step, else an adapter-only resume:
+  ``network_weights`` = the LoRA file saved at that step and ``initial_step`` = that
+  step. lora-scripts YAML: ``resume_from_checkpoint`` = the ``checkpoint-<step>``
+  folder, ``max_steps`` = the window's end. With no save before the symptom, training
+  starts from scratch;
 * relative paths the run's config names (base model, dataset dir, ...) made absolute.
 
 ``{config}`` is replaced by the patched file's path; the command's output is streamed to
@@ -38,38 +41,15 @@ from typing import Any
 
 import yaml
 
-from lorascope.rerun.backend_hf import ReplayResult, sanitized_checkpoint
+from lorascope import trainers
+from lorascope.rerun.backend_hf import ReplayResult
 from lorascope.rerun.plan import Plan, RerunError
-
-HF_KEYS = {
-    "learning_rate": "learning_rate", "max_grad_norm": "max_grad_norm",
-    "warmup_steps": "warmup_steps", "warmup_ratio": "warmup_ratio",
-    "batch_size": "per_device_train_batch_size", "grad_accum": "gradient_accumulation_steps",
-    "epochs": "num_train_epochs", "max_steps": "max_steps", "lr_scheduler": "lr_scheduler_type",
-    "weight_decay": "weight_decay", "gradient_checkpointing": "gradient_checkpointing",
-    "label_names": "label_names", "lora_rank": "lora_rank", "lora_alpha": "lora_alpha",
-    "lora_dropout": "lora_dropout", "cutoff_len": "cutoff_len", "optimizer": "optim",
-    "eval_steps": "eval_steps", "save_steps": "save_steps", "seed": "seed",
-}
-KOHYA_KEYS = {
-    "learning_rate": "learning_rate", "max_grad_norm": "max_grad_norm",
-    "warmup_steps": "lr_warmup_steps", "batch_size": "train_batch_size",
-    "grad_accum": "gradient_accumulation_steps", "epochs": "max_train_epochs",
-    "max_steps": "max_train_steps", "lr_scheduler": "lr_scheduler", "lora_rank": "network_dim",
-    "lora_alpha": "network_alpha", "resolution": "resolution", "optimizer": "optimizer_type",
-    "gradient_checkpointing": "gradient_checkpointing", "lora_dropout": "network_dropout",
-    "seed": "seed", "save_steps": "save_every_n_steps",
-}
-PATH_KEYS_HF = ("model_name_or_path", "dataset_dir", "adapter_name_or_path", "train_file",
-                "tokenizer_name_or_path")
-PATH_KEYS_KOHYA = ("pretrained_model_name_or_path", "train_data_dir", "reg_data_dir",
-                   "dataset_config", "vae", "sample_prompts")
 
 
 def _config_source(run) -> tuple[Path, str]:
     for key in ("learning_rate", "base_model", "max_steps", "epochs"):
         o = run.config.origins.get(key)
-        if o is not None and o.file and not o.file.endswith("adapter_config.json"):
+        if o is not None and o.file and not o.derived and not o.file.endswith("adapter_config.json"):
             p = Path(run.path) / o.file
             if p.is_file() and p.suffix.lower() in (".yaml", ".yml", ".toml", ".json"):
                 return p, o.file
@@ -98,44 +78,12 @@ def _dump(doc: dict, path: Path) -> None:
         path.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), encoding="utf-8")
 
 
-def _set(doc: dict, dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = doc
-    for p in parts[:-1]:
-        nxt = node.get(p)
-        if not isinstance(nxt, dict):
-            nxt = node[p] = {}
-        node = nxt
-    node[parts[-1]] = value
-
-
-def _find_key(doc: dict, name: str) -> str | None:
-    """Dotted key of `name` at top level or in one section (kohya / lora-scripts)."""
-    if name in doc:
-        return name
-    for k, v in doc.items():
-        if isinstance(v, dict) and name in v:
-            return f"{k}.{name}"
-    return None
-
-
-def _pop(doc: dict, name: str) -> None:
-    k = _find_key(doc, name)
-    if k is None:
-        return
-    parts = k.split(".")
-    node = doc
-    for p in parts[:-1]:
-        node = node[p]
-    node.pop(parts[-1], None)
-
-
-def _absolutize(doc: dict, keys: tuple[str, ...], bases: list[Path]) -> None:
+def _absolutize(edit: trainers.Edit, keys: tuple[str, ...], bases: list[Path]) -> None:
     for name in keys:
-        k = _find_key(doc, name)
+        k = edit.find(name)
         if k is None:
             continue
-        node = doc
+        node = edit.doc
         for p in k.split(".")[:-1]:
             node = node[p]
         v = node[k.split(".")[-1]]
@@ -146,76 +94,61 @@ def _absolutize(doc: dict, keys: tuple[str, ...], bases: list[Path]) -> None:
                     break
 
 
+def layout_of(doc: dict, rel: str) -> trainers.Layout:
+    """The trainer layout of the user's config (the module ingest read it with)."""
+    from lorascope.ingest.config import _flatten
+    lay = trainers.detect(doc, _flatten(doc), rel)
+    if lay is None or lay.replay is None:
+        raise RerunError(f"{rel}: not a trainer config lorascope knows how to patch for a replay "
+                         f"({'recognised as ' + lay.name if lay else 'no known layout'})")
+    return lay
+
+
+def write_fix(edit: trainers.Edit, layout: trainers.Layout, run, rel: str, key: str, value: Any) -> None:
+    """Set one normalized setting in the user's config under the key(s) as the user wrote
+    them: the key the value was read from, and every other spelling of the same setting
+    the file holds (kohya ``unet_lr`` and ``learning_rate``); a setting the file lacks
+    gets the trainer's own name for it."""
+    names = [n for k in layout.keys if k.norm == key and k.write for n in k.names]
+    present = [edit.find(n) for n in names if edit.find(n)]
+    o = run.config.origins.get(key)
+    if o is not None and o.file == rel and not o.derived and o.orig_key not in present:
+        present.insert(0, o.orig_key)
+    if present:
+        for k in dict.fromkeys(present):
+            edit.set(k, value)
+    elif names:
+        edit.put(names[0], value)
+    else:
+        print(f"lorascope: fix key {key} has no known name in {rel}; set as is", file=sys.stderr)
+        edit.set(key, value)
+
+
 def patch_config(run, plan: Plan, fix: dict[str, Any], out_dir: Path) -> Path:
     """Write the run's config, patched for this replay, into out_dir; return its path."""
     from lorascope.rerun.data_fix import DATA_FIX_KEYS, apply_exclude_files
 
     src, rel = _config_source(run)
     doc = _load(src)
-    kohya = src.suffix.lower() == ".toml"
-    table = KOHYA_KEYS if kohya else HF_KEYS
+    layout = layout_of(doc, rel)
+    edit = trainers.Edit(doc)
     for key, value in fix.items():
         if key in DATA_FIX_KEYS:
             continue
-        o = run.config.origins.get(key)
-        if o is not None and o.file == rel:
-            _set(doc, o.orig_key, value)
-            if key == "learning_rate" and kohya and o.orig_key.endswith("unet_lr"):
-                k = _find_key(doc, "learning_rate")
-                if k:
-                    _set(doc, k, value)
-        elif key in table:
-            _set(doc, _find_key(doc, table[key]) or table[key], value)
-        else:
-            print(f"lorascope: fix key {key} has no known name in {rel}; set as is", file=sys.stderr)
-            _set(doc, key, value)
+        write_fix(edit, layout, run, rel, key, value)
         if key == "warmup_steps":
-            _pop(doc, "warmup_ratio")
+            edit.pop("warmup_ratio")
     bases = [src.parent, Path(run.path), Path.cwd()]
-    _absolutize(doc, PATH_KEYS_KOHYA if kohya else PATH_KEYS_HF, bases)
+    _absolutize(edit, layout.path_keys, bases)
     out_dir = Path(out_dir).resolve()
     if fix.get("exclude_files"):
-        apply_exclude_files(run, doc, src, rel, [str(f) for f in fix["exclude_files"]],
-                            out_dir, _find_key, _set)
-    if kohya:
-        _set(doc, _find_key(doc, "output_dir") or "output_dir", str(out_dir))
-        _set(doc, _find_key(doc, "logging_dir") or "logging_dir", str(out_dir / "logs"))
-        _pop(doc, "max_train_epochs")
-        _set(doc, _find_key(doc, "max_train_steps") or "max_train_steps", plan.end)
-        if plan.checkpoint is not None:
-            state = _kohya_state(plan)
-            if state is not None:
-                _set(doc, _find_key(doc, "resume") or "resume", str(state))
-            else:
-                ck = plan.checkpoint.path
-                if ck.is_dir():          # an HF-style folder: its adapter file, if any
-                    cands = sorted(ck.glob("*.safetensors"))
-                    ck = cands[0] if cands else ck
-                _set(doc, _find_key(doc, "network_weights") or "network_weights",
-                     str(ck.resolve()))
-                _set(doc, _find_key(doc, "initial_step") or "initial_step", plan.start)
-    else:
-        _set(doc, "output_dir", str(out_dir))
-        _set(doc, "logging_dir", str(out_dir / "runs"))
-        _pop(doc, "num_train_epochs")
-        _set(doc, "max_steps", plan.end)
-        _set(doc, "overwrite_output_dir", True)
-        _pop(doc, "adapter_name_or_path")
-        if plan.checkpoint is not None:
-            ck = sanitized_checkpoint(plan.checkpoint.path,
-                                      out_dir / "_resume" / f"checkpoint-{plan.start}")
-            _set(doc, "resume_from_checkpoint", str(ck))
+        apply_exclude_files(run, doc, src, rel, [str(f) for f in fix["exclude_files"]], out_dir,
+                            lambda d, n: trainers.Edit(d).find(n),
+                            lambda d, k, v: trainers.Edit(d).set(k, v))
+    layout.replay(edit, plan, out_dir)
     target = out_dir / ("lorascope-rerun-config" + src.suffix.lower())
     _dump(doc, target)
     return target
-
-
-def _kohya_state(plan: Plan) -> Path | None:
-    """kohya `--save_state` folder for the checkpoint step (`*-step00000100-state`)."""
-    for p in plan.run_dir.rglob("*-state"):
-        if p.is_dir() and (f"{plan.start:08d}" in p.name or f"{plan.start:06d}" in p.name):
-            return p.resolve()
-    return None
 
 
 def replay(run, plan: Plan, fix: dict[str, Any], out_dir: Path, cmd: str,

@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lorascope.model import SEVERITY_ORDER, Finding
+from lorascope.trainers import hf_trainer, kohya
 
 MIN_LOG_INTERVALS = 5          # the margin after the symptom covers at least this many logs
 MARGIN_FRAC = 0.2              # ... and this share of the replayed window
-CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
+CKPT_RE = hf_trainer.CHECKPOINT_DIR_RE       # checkpoint-<step>/ (HF, lora-scripts YAML)
 MAX_SAFETENSORS_LOOKED_AT = 500   # kohya files whose header is read while planning
 
 
@@ -28,7 +28,8 @@ class RerunError(Exception):
 class CheckpointRef:
     step: int
     path: Path                 # the checkpoint-N directory (HF/PEFT) or safetensors file
-    kind: str = "peft-dir"     # peft-dir | safetensors (a kohya LoRA file: adapter weights only)
+    kind: str = "peft-dir"     # peft-dir | dir (checkpoint-N/ holding a LoRA safetensors:
+                               # lora-scripts) | safetensors (a kohya LoRA file: weights only)
 
 
 @dataclass
@@ -93,11 +94,7 @@ def kohya_file_step(path: Path) -> int | None:
             meta = fh.metadata() or {}
     except Exception:           # not a safetensors file, truncated header, ...
         return None
-    v = str(meta.get("ss_steps", "")).strip()
-    if not v.isdigit() or len(v) > 12:
-        return None
-    step = int(v)
-    return step if step > 0 else None
+    return kohya.file_step(meta)
 
 
 def find_checkpoints(run_dir: Path) -> list[CheckpointRef]:
@@ -120,9 +117,11 @@ def find_checkpoints(run_dir: Path) -> list[CheckpointRef]:
             if not m:
                 continue
             p = Path(root) / d
+            step = int(m.group(1))
             if (p / "adapter_model.safetensors").is_file() and (p / "adapter_config.json").is_file():
-                step = int(m.group(1))
                 out.setdefault(step, CheckpointRef(step, p))
+            elif any(p.glob("*.safetensors")):
+                out.setdefault(step, CheckpointRef(step, p, kind="dir"))
         if CKPT_RE.match(Path(root).name) or depth > 3:
             continue
         for n in sorted(names):
@@ -182,7 +181,15 @@ def make_plan(analysis, *, rule_id: str | None = None, from_step: int | None = N
     f = choose_diagnosis(analysis.findings, rule_id)
     onset = int(f.step)
     symptom_end = int(f.step_range[1]) if f.step_range else onset
-    ckpt = choose_checkpoint(find_checkpoints(run_dir), onset, from_step)
+    found = find_checkpoints(run_dir)
+    if run.others:
+        # a folder holding several runs: resume only from this run's own saves
+        mine = [Path(run.path) / c.path for c in run.checkpoints if not c.truncated]
+        found = [c for c in found if any(m == c.path or c.path in m.parents for m in mine)]
+    else:
+        cut = {Path(run.path) / c.path for c in run.checkpoints if c.truncated}
+        found = [c for c in found if not any(m == c.path or c.path in m.parents for m in cut)]
+    ckpt = choose_checkpoint(found, onset, from_step)
     notes: list[str] = []
     if ckpt is None:
         start = 0

@@ -28,7 +28,7 @@ The reproduction check
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,20 +55,18 @@ def findings_in_window(out_dir: Path, start: int, end: int,
     except Unreadable:
         return [], None
     if original is not None and start > 0:
+        series = []
         for s in run.series:
-            if s.role == "other":
-                continue
-            o = original.primary(s.role)
-            if o is None:
-                continue
-            keep = o.steps <= start
-            if keep.any() and (not len(s.steps) or s.steps[0] > start):
-                s.steps = np.concatenate([o.steps[keep], s.steps]).astype(np.int64)
-                s.values = np.concatenate([o.values[keep], s.values]).astype(float)
-        firsts = [int(s.steps[0]) for s in run.series if len(s.steps) and s.role != "other"]
-        if firsts:
-            run.steps.first = min(firsts)
-        run.epoch_boundaries = list(original.epoch_boundaries)
+            o = original.primary(s.role) if s.role != "other" else None
+            keep = o.steps <= start if o is not None else None
+            if keep is not None and keep.any() and (not len(s.steps) or s.steps[0] > start):
+                s = replace(s, steps=np.concatenate([o.steps[keep], s.steps]).astype(np.int64),
+                            values=np.concatenate([o.values[keep], s.values]).astype(float))
+            series.append(s)
+        firsts = [int(s.steps[0]) for s in series if len(s.steps) and s.role != "other"]
+        steps = replace(run.steps, first=min(firsts)) if firsts else run.steps
+        run = replace(run, series=tuple(series), steps=steps,
+                      epoch_boundaries=tuple(original.epoch_boundaries))
     catalog = load_catalog(None)
     found, errors = run_rules(run, catalog)
     found = diagnose(run, found, catalog)

@@ -65,6 +65,49 @@ def _lr_is_zero(run: Run) -> bool:
 
 # -- rules ----------------------------------------------------------------------------
 
+@rule("ckpt.truncated", needs=("checkpoints",))
+def ckpt_truncated(run: Run, p: Params) -> list[Finding]:
+    """A checkpoint file is cut short or unreadable.
+
+    ## What it detects
+    A saved adapter file whose header names tensors that lie (partly) past the end of the
+    file, whose header length is larger than the file, or whose header is not valid JSON:
+    a file that cannot be read in full. How much of it is missing is part of the evidence.
+
+    ## Why it matters
+    The adapter cannot be loaded (safetensors refuses it, or loads garbage), and the part
+    that can be read says nothing about what was learned: its missing weights are not
+    zero, they are absent. Usually a save or copy killed midway (full disk, SIGKILL, an
+    interrupted upload or sync).
+
+    ## Example
+    A 1.3 MB piece of a 161 MB `adapter_model.safetensors`: 448 of 512 tensors lie
+    outside the file.
+
+    ## Fix
+    Copy the file again from where it was saved, or use the previous checkpoint; if the
+    save itself was killed, resume training from the last complete checkpoint. No setting
+    change is applied automatically.
+    """
+    cut = [c for c in run.checkpoints if c.truncated]
+    if not cut:
+        return []
+    ev = []
+    for c in cut[:10]:
+        ev.append(f"{c.path}: {c.size_bytes} bytes, {len(c.modules)} layers could be read"
+                  + (f"; {c.problems[0]}" if c.problems else ""))
+    good = [c for c in run.checkpoints if not c.truncated and c.modules and c.step is not None]
+    first = _first_step(cut)
+    if first is not None:
+        before = [c for c in good if c.step < first]
+        if before:
+            ev.append(f"last complete checkpoint before it: {before[-1].path} (step {before[-1].step})")
+    return [p.finding(
+        title=(f"Checkpoint {cut[0].path} is cut short or unreadable" if len(cut) == 1 else
+               f"{len(cut)} checkpoint files are cut short or unreadable ({_lead(cut)})"),
+        step=first, evidence=ev, files=[c.path for c in cut])]
+
+
 @rule("ckpt.zero_adapter", needs=("checkpoints",))
 def ckpt_zero_adapter(run: Run, p: Params) -> list[Finding]:
     """The adapter's weights are all zero: it never learned.
@@ -74,7 +117,9 @@ def ckpt_zero_adapter(run: Run, p: Params) -> list[Finding]:
     zero, or an adapter file that holds no LoRA weights at all (no tensors, or none of the
     down/up, A/B pairs its format should hold). A zero file followed by a non-zero one of a
     later step (a save before the first update) is not reported. When only some layers are
-    zero (at least `partial_min_fraction` of them) the finding has `partial_severity`.
+    zero (at least `partial_min_fraction` of them) the finding has `partial_severity`. A
+    file cut short or unreadable is never judged here (`ckpt.truncated`): its missing
+    weights are absent, not zero.
 
     ## Why it matters
     LoRA starts with B = 0 so that the adapter is a no-op; a B that is still zero after
@@ -92,7 +137,7 @@ def ckpt_zero_adapter(run: Run, p: Params) -> list[Finding]:
     target modules exist in the model.
     """
     out: list[Finding] = []
-    cks = run.checkpoints
+    cks = [c for c in run.checkpoints if not c.truncated]
     nonzero_steps = [c.step for c in cks if c.step is not None and c.modules
                      and not all(m.zero for m in c.modules)]
     last_good = max(nonzero_steps) if nonzero_steps else None
@@ -218,6 +263,8 @@ def ckpt_norm_growth(run: Run, p: Params) -> list[Finding]:
     """
     groups: dict[tuple, list[tuple[int, float, Checkpoint]]] = {}
     for c in run.checkpoints:
+        if c.truncated:
+            continue                   # a part of the layers: no total norm
         t = _total_norm(c)
         if c.step is None or t is None:
             continue
@@ -293,7 +340,7 @@ def ckpt_config_mismatch(run: Run, p: Params) -> list[Finding]:
     the config. No setting change is applied automatically.
     """
     cfg = run.config
-    cks = [c for c in run.checkpoints if c.modules]
+    cks = [c for c in run.checkpoints if c.modules and not c.truncated]
     if not cks:
         return []
     out: list[Finding] = []

@@ -1,8 +1,10 @@
 """config.* rules: settings in the run's configuration that are risky in themselves.
 
-They read only ``run.config`` (normalized keys), ``run.task``, the dataset size and, for
+They read only ``run.config`` (normalized keys, each with its origin; values the trainer
+implies by leaving a key out through ``Config.effective``), ``run.task``, ``run.data``
+(the dataset size and per-image repeats), ``run.steps`` and, for
 ``config.missing_path``, the file system around ``run.path``. Thresholds live in
-``rules/config.toml``.
+``rules/config.toml``; the SD thresholds follow the seed articles (``../shared/seeds``).
 """
 from __future__ import annotations
 
@@ -39,17 +41,15 @@ def _num(v: Any) -> float | None:
 
 
 def _where(run: Run, key: str) -> str:
-    o = run.config.origins.get(key)
-    if o is None:
-        return "config"
-    return f"{o.file}: {o.orig_key}"
+    o = run.config.origin(key)
+    return "config" if o is None else o.where()
 
 
 def _files(run: Run, *keys: str) -> list[str]:
     out: list[str] = []
     for k in keys:
         o = run.config.origins.get(k)
-        if o is not None and o.file not in out:
+        if o is not None and o.file and o.file not in out:
             out.append(o.file)
     return out
 
@@ -66,16 +66,17 @@ def _fmt(v: Any) -> str:
 
 
 def _items(run: Run) -> int | None:
-    n = _num(run.config.get("num_train_items"))
-    if n is not None and n > 0:
-        return int(n)
-    for ds in run.datasets:
-        if ds.items:
-            return len(ds.items)
-    return None
+    n = run.data.items
+    if n is None:
+        n = _num(run.config.get("num_train_items"))
+    if n is None:
+        n = next((len(ds.items) for ds in run.datasets if ds.items), None)
+    return int(n) if n is not None and n > 0 else None
 
 
 def _items_source(run: Run) -> str:
+    if run.data.items is not None:
+        return f"{run.data.items} training samples ({run.data.items_from or 'config'})"
     if run.config.get("num_train_items") is not None:
         return _ev(run, "num_train_items")
     for ds in run.datasets:
@@ -84,18 +85,41 @@ def _items_source(run: Run) -> str:
     return "dataset size unknown"
 
 
+def _repeats(run: Run) -> float:
+    return float(run.data.repeats) if run.data.repeats and run.data.repeats > 0 else 1.0
+
+
+def _logged_lr(run: Run, p: Params) -> tuple[float | None, bool]:
+    """(learning rate, whether it is the peak of the logged series rather than a config
+    value).  A logged peak is used only for runs that evidently train a LoRA (a rank in
+    the config, LoRA layers in a checkpoint): the ranges are LoRA ranges, and P-tuning or
+    full fine-tunes log rates far outside them on purpose."""
+    lr = _num(run.config.get("learning_rate"))
+    o = run.config.origins.get("learning_rate")
+    derived = o is not None and o.derived is not None
+    if lr is not None and derived and run.config.get("lora_rank") is None \
+            and not any(c.modules for c in run.checkpoints):
+        return None, True
+    return lr, derived
+
+
 def _adaptive(run: Run, p: Params) -> bool:
     opt = str(run.config.get("optimizer") or "").lower()
     return any(a in opt for a in p.get("adaptive_optimizers", []))
 
 
-def _effective_batch(run: Run) -> tuple[int, int, int, int] | None:
+def _effective_batch(run: Run, *, known_accum: bool = False) -> tuple[int, int, int, int] | None:
+    """(effective batch, batch, accumulation, devices).  ``known_accum``: None when the
+    run does not reveal its accumulation (e.g. only trainer_state.json, which does not
+    record it, names the batch)."""
     bs = _num(run.config.get("batch_size"))
     if bs is None or bs <= 0:
         return None
-    ga = _num(run.config.get("grad_accum")) or 1
+    ga = _num(run.config.effective("grad_accum"))
+    if ga is None and known_accum:
+        return None
     nd = _num(run.config.get("num_devices")) or 1
-    ga, nd = max(int(ga), 1), max(int(nd), 1)
+    ga, nd = max(int(ga or 1), 1), max(int(nd), 1)
     return int(bs) * ga * nd, int(bs), ga, nd
 
 
@@ -103,13 +127,7 @@ def _planned_steps(run: Run) -> int | None:
     if run.steps.planned:
         return int(run.steps.planned)
     ms = _num(run.config.get("max_steps"))
-    if ms and ms > 0:
-        return int(ms)
-    ep, n, eb = _num(run.config.get("epochs")), _items(run), _effective_batch(run)
-    if ep and n and eb:
-        rep = _num(run.facts.get("num_repeats")) or 1
-        return max(1, int(math.ceil(n * rep / eb[0]) * ep))
-    return None
+    return int(ms) if ms and ms > 0 else None
 
 
 # -- learning rate --------------------------------------------------------------------
@@ -135,8 +153,11 @@ def config_lr_high(run: Run, p: Params) -> list[Finding]:
     ## Fix
     ``{"learning_rate": 1e-4}`` (SD) or ``{"learning_rate": 2e-4}`` (LLM): the catalog's
     typical rate.
+
+    When no config names the rate, the peak of the logged learning-rate series stands in
+    for it (a lower bound of the configured rate), for runs that evidently train a LoRA.
     """
-    lr = _num(run.config.get("learning_rate"))
+    lr, _ = _logged_lr(run, p)
     if lr is None or _adaptive(run, p):
         return []
     task = _task(run)
@@ -170,12 +191,17 @@ def config_lr_low(run: Run, p: Params) -> list[Finding]:
 
     ## Fix
     ``{"learning_rate": 2e-4}`` (LLM) or ``{"learning_rate": 1e-4}`` (SD).
+
+    When no config names the rate, the peak of the logged learning-rate series stands in
+    for it, for runs that evidently train a LoRA; a schedule sampled at logging steps
+    peaks below the configured rate, so the logged peak must be below ``logged_margin``
+    times the limit.
     """
-    lr = _num(run.config.get("learning_rate"))
+    lr, derived = _logged_lr(run, p)
     if lr is None or lr < 0 or _adaptive(run, p):
         return []
     task = _task(run)
-    limit = float(p[f"{task}_min_lr"])
+    limit = float(p[f"{task}_min_lr"]) * (float(p["logged_margin"]) if derived else 1.0)
     if lr >= limit:
         return []
     typical = float(p[f"{task}_typical_lr"])
@@ -196,10 +222,11 @@ def config_small_batch(run: Run, p: Params) -> list[Finding]:
 
     ## What it detects
     ``batch_size x grad_accum x num_devices <= max_effective_batch`` with ``grad_accum``
-    unset or 1. For image (SD) runs, where batch 1 is the usual kohya default, the finding
-    is reported at ``sd_severity`` (info). When the batch size is known only from
-    `trainer_state.json` (which does not record accumulation) and no training config names
-    ``grad_accum``, nothing is reported.
+    unset or 1 (a training config that leaves accumulation out means the trainer's
+    default, 1). For image (SD) runs, where batch 1 is the usual kohya default, the
+    finding is reported at ``sd_severity`` (info). When the run does not reveal its
+    accumulation (the batch size is known only from `trainer_state.json`, which does not
+    record it, and no training config was found), nothing is reported.
 
     ## Why it matters
     One or two samples per optimizer step give a very noisy gradient: the loss oscillates
@@ -213,25 +240,18 @@ def config_small_batch(run: Run, p: Params) -> list[Finding]:
     ``{"grad_accum": N}`` so that the effective batch reaches the target (16 LLM, 4 SD);
     alternatively raise the batch size if memory allows.
     """
-    eb = _effective_batch(run)
+    eb = _effective_batch(run, known_accum=True)
     if eb is None:
         return []
     eff, bs, ga, nd = eb
     if eff > int(p["max_effective_batch"]) or ga > 1:
         return []
-    # trainer_state.json records the per-step batch but not the accumulation: without a
-    # training config the numbers cannot tell whether accumulation was on
-    origin = run.config.origins.get("batch_size")
-    if run.config.get("grad_accum") is None and origin is not None \
-            and origin.file.rsplit("/", 1)[-1] == "trainer_state.json":
-        return []
     task = _task(run)
     target = int(p[f"{task}_target_effective_batch"])
     accum = max(2, math.ceil(target / (bs * nd)))
     sev = p.get("sd_severity") if task == "sd" else None
-    ev = [f"{_ev(run, 'batch_size')}, grad_accum = {ga}"
-          + (f" ({_where(run, 'grad_accum')})" if run.config.get("grad_accum") is not None
-             else " (not set)") + f", devices = {nd}: effective batch {eff}"]
+    ev = [f"{_ev(run, 'batch_size')}, grad_accum = {ga} ({_where(run, 'grad_accum')})"
+          + f", devices = {nd}: effective batch {eff}"]
     if task == "sd":
         ev.append("batch 1-2 is common for SD LoRA; it mainly matters with a high lr")
     return [p.finding(
@@ -288,11 +308,17 @@ def config_epochs_high(run: Run, p: Params) -> list[Finding]:
     """The number of passes over the data is high for the dataset size.
 
     ## What it detects
-    SD runs: ``epochs x num_repeats`` (kohya's per-image views) above ``sd_max_views``.
-    LLM runs: ``epochs`` above ``llm_max_epochs`` (5), or above ``llm_max_epochs_small``
-    (10) when the dataset has fewer than ``llm_small_items`` samples or its size is
-    unknown; with the size unknown the finding is only `info`. When only ``max_steps``
-    is set, the epochs it implies (``max_steps x effective batch / dataset size``) are used.
+    SD runs, by the seed articles' table for a trainer that shows each image once per
+    epoch (lora-scripts, kohya with 1 repeat): more than ``sd_small_max_epochs`` (15)
+    epochs for fewer than ``sd_small_items`` (50) images, more than
+    ``sd_medium_max_epochs`` (12) for up to ``sd_medium_items`` (100), more than
+    ``sd_large_max_epochs`` (8) above; with the size unknown the loosest limit applies
+    and the finding is only `info`. kohya runs with per-image repeats (``N_name``
+    folders, ``num_repeats``): views per image ``epochs x repeats`` above
+    ``sd_max_views``. LLM runs: ``epochs`` above ``llm_max_epochs`` (5), or above
+    ``llm_max_epochs_small`` (10) when the dataset has fewer than ``llm_small_items``
+    samples or its size is unknown (then only `info`). When only ``max_steps`` is set,
+    the passes it implies (``max_steps x effective batch / dataset size``) are used.
 
     ## Why it matters
     Many passes over the same samples memorise them: the train loss keeps falling while
@@ -300,27 +326,30 @@ def config_epochs_high(run: Run, p: Params) -> list[Finding]:
     training images.
 
     ## Example
+    ``epochs: 30`` in a lora-scripts YAML over 40 images (at most 15), or
     ``num_train_epochs: 30`` over 5000 samples.
 
     ## Fix
-    ``{"epochs": N}`` with N = 3 (LLM) or sd_target_views / num_repeats (SD); keep the
-    checkpoint where the eval loss was lowest.
+    ``{"epochs": N}``: the table's limit (SD), sd_target_views / repeats (kohya with
+    repeats) or 3 (LLM); keep the checkpoint where the eval loss was lowest.
     """
     task = _task(run)
     n = _items(run)
+    rep = _repeats(run)
     ep = _num(run.config.get("epochs"))
     ep_ev = _ev(run, "epochs") if ep is not None else None
     if ep is None:
         ms, eb = _num(run.config.get("max_steps")), _effective_batch(run)
         if not (ms and eb and n):
             return []
-        ep = ms * eb[0] / n
-        ep_ev = (f"{_ev(run, 'max_steps')} x effective batch {eb[0]} / {n} samples = "
-                 f"{ep:.1f} epochs")
+        # each step shows `effective batch` samples of n x repeats per epoch
+        ep = ms * eb[0] / (n * rep)
+        ep_ev = (f"{_ev(run, 'max_steps')} x effective batch {eb[0]} / ({n} samples"
+                 + (f" x {rep:g} repeats" if rep != 1 else "") + f") = {ep:.1f} epochs")
     if ep <= 0:
         return []
-    if task == "sd":
-        rep = _num(run.facts.get("num_repeats")) or 1
+    files = _files(run, "epochs", "max_steps")
+    if task == "sd" and rep > 1:
         views = ep * rep
         limit = float(p["sd_max_views"])
         if views <= limit:
@@ -328,10 +357,28 @@ def config_epochs_high(run: Run, p: Params) -> list[Finding]:
         target = max(1, int(round(float(p["sd_target_views"]) / rep)))
         return [p.finding(
             title=f"Each image is seen about {views:g} times ({ep:g} epochs x {rep:g} repeats)",
-            evidence=[ep_ev, f"num_repeats = {rep:g}", f"more than {limit:g} views per image"]
-            + ([_items_source(run)] if n else []),
-            fix={"epochs": target},
-            files=_files(run, "epochs", "max_steps"),
+            evidence=[ep_ev, f"repeats per image = {rep:g} ({_items_source(run)})",
+                      f"more than {limit:g} views per image"],
+            fix={"epochs": target}, files=files,
+        )]
+    if task == "sd":
+        if n is not None and n < int(p["sd_small_items"]):
+            limit, size = int(p["sd_small_max_epochs"]), f"fewer than {int(p['sd_small_items'])} images"
+        elif n is not None and n <= int(p["sd_medium_items"]):
+            limit, size = int(p["sd_medium_max_epochs"]), f"{int(p['sd_small_items'])}-{int(p['sd_medium_items'])} images"
+        elif n is not None:
+            limit, size = int(p["sd_large_max_epochs"]), f"more than {int(p['sd_medium_items'])} images"
+        else:
+            limit, size = int(p["sd_small_max_epochs"]), "any dataset size"
+        if ep <= limit:
+            return []
+        return [p.finding(
+            title=f"{ep:g} epochs is high for " + (f"{n} images" if n else "an SD LoRA (dataset size unknown)"),
+            severity=None if n else "info",
+            evidence=[ep_ev, _items_source(run),
+                      f"at most {limit} epochs for {size} (lora-scripts rule of thumb: <50 images "
+                      f"<= 15, 50-100: 10-12, >100: 5-8)"],
+            fix={"epochs": limit}, files=files,
         )]
     small = n is None or n < int(p["llm_small_items"])
     limit = float(p["llm_max_epochs_small"] if small else p["llm_max_epochs"])
@@ -345,7 +392,7 @@ def config_epochs_high(run: Run, p: Params) -> list[Finding]:
         evidence=[ep_ev, _items_source(run),
                   f"more than {limit:g} epochs for a dataset of this size"],
         fix={"epochs": int(p["llm_target_epochs"])},
-        files=_files(run, "epochs", "max_steps"),
+        files=files,
     )]
 
 
@@ -531,10 +578,11 @@ def config_missing_path(run: Run, p: Params) -> list[Finding]:
     """The base model, data directory or dataset file named in the config does not exist.
 
     ## What it detects
-    ``base_model``, ``train_data_dir`` and each of ``dataset_files`` that is a path (not a
-    hub id like ``meta-llama/Llama-2-7b-hf``) and exists neither as given (absolute) nor
-    relative to the run directory or to the folder of the config file that named it.
-    kohya ``ss_sd_model_name`` metadata is ignored (kohya stores only the file name).
+    ``base_model``, ``train_data_dir``, ``metadata_path`` (lora-scripts) and each of
+    ``dataset_files`` that is a path (not a hub id like ``meta-llama/Llama-2-7b-hf``) and
+    exists neither as given (absolute) nor relative to the run directory or to the folder
+    of the config file that named it. kohya's ``ss_sd_model_name`` metadata names only a
+    file name and is not read as a path.
 
     Severity: a path from another machine (``/root/autodl-tmp/...``, ``C:\\Users\\...``)
     is expected to be missing when a run is analyzed elsewhere, so it is reported at the
@@ -557,13 +605,11 @@ def config_missing_path(run: Run, p: Params) -> list[Finding]:
     """
     failed_load = any(e.kind == "base_model_not_loaded" for e in run.events)
     out: list[Finding] = []
-    for key in ("base_model", "train_data_dir", "dataset_files"):
+    for key in ("base_model", "train_data_dir", "metadata_path", "dataset_files"):
         raw = run.config.get(key)
         if raw is None:
             continue
         origin = run.config.origins.get(key)
-        if origin is not None and origin.orig_key.startswith("ss_"):
-            continue
         values = raw if isinstance(raw, (list, tuple)) else [raw]
         for v in values:
             if not isinstance(v, str) or not v.strip():
@@ -587,7 +633,7 @@ def config_missing_path(run: Run, p: Params) -> list[Finding]:
                           "trained elsewhere, check it on the training machine")
             sev = p.severity if critical else p.get("foreign_severity", "info")
             label = {"base_model": "Base model", "train_data_dir": "Training data directory",
-                     "dataset_files": "Dataset file"}[key]
+                     "metadata_path": "Image metadata file", "dataset_files": "Dataset file"}[key]
             out.append(p.finding(
                 title=f"{label} {v} does not exist"
                       + ("" if critical else " on this machine"),

@@ -61,10 +61,10 @@ def eval_missing(run: Run, p: Params) -> list[Finding]:
     if last is None:
         return []
     if strat == "epoch":
-        if not run.epoch_boundaries and not (run.facts.get("steps_per_epoch") and
-                                             last >= run.facts["steps_per_epoch"]):
+        if not run.epoch_boundaries and not (run.steps.per_epoch and
+                                             last >= run.steps.per_epoch):
             return []
-        due = run.epoch_boundaries[0] - 1 if run.epoch_boundaries else int(run.facts["steps_per_epoch"])
+        due = run.epoch_boundaries[0] - 1 if run.epoch_boundaries else int(run.steps.per_epoch)
     else:
         if not eval_steps or eval_steps <= 0:
             return []

@@ -28,6 +28,10 @@ def _mode(run: Run, p: Params, series: str) -> str:
     return cm.noise.mode if cm is not None and cm.noise is not None else "log"
 
 
+def _over(a: int, b: int) -> str:
+    return f"at step {a}" if a == b else f"over steps {a}-{b}"
+
+
 def _headline(eps: list[Episode]) -> Episode:
     """The first episode at least half as large (in log units) as the largest: when it
     went wrong, not the noise before it."""
@@ -122,7 +126,7 @@ def _spike_text(e: Episode, mode: str) -> tuple[str, list[str], str | None]:
             title = f"Loss spiked from {fmt(b)} to {fmt(pk)} at step {e.onset} (last logged point)"
         return title, ev, "short"
     b0, b1 = d["before_steps"]
-    ev = [f"{e.series} level {fmt(b)} over steps {b0}-{b1}, {fmt(pk)} at its peak near step {e.peak} "
+    ev = [f"{e.series} level {fmt(b)} {_over(b0, b1)}, {fmt(pk)} at its peak near step {e.peak} "
           f"({_ratio(b, pk, mode)}, {fmt(d['z'])} standard errors)",
           f"rose over {d['rise_points']} logged point(s) from step {e.onset}"
           + (f"; highest point {fmt(d['peak_point'])}" if d.get("peak_point") else "")]
@@ -240,12 +244,14 @@ def loss_divergence(run: Run, p: Params) -> list[Finding]:
         title = f"Loss rose from {fmt(b)} to {fmt(pk)} at step {head.onset}"
     else:
         b0, b1 = d["before_steps"]
-        ev = [f"{head.series} level {fmt(b)} over steps {b0}-{b1}, {fmt(end)} at the end "
+        ev = [f"{head.series} level {fmt(b)} {_over(b0, b1)}, {fmt(end)} at the end "
               f"({_ratio(b, end, mode)}, {fmt(d['z'])} standard errors at the peak)",
               f"climb starts near step {head.onset}; highest level {fmt(pk)} near step {head.peak}"]
-        first_curve = p.curves(run).curves.get(head.series)
-        if first_curve is not None and b0 == first_curve.first_step:
-            ev.append("it climbed from the first logged points: it never decreased")
+        cm = p.curves(run).curves.get(head.series)
+        if cm is not None and cm.first_step is not None and cm.last_step is not None and cm.points > 1 and \
+                head.onset - cm.first_step <= max(2 * (cm.last_step - cm.first_step) / (cm.points - 1),
+                                                   (cm.last_step - cm.first_step) / 20):
+            ev.append("it climbed from its first logged points: it never decreased")
         if head.recovered:
             ev.append(f"came back within its earlier level from step {head.end}")
             title = (f"Loss diverged from step {head.onset}: rose from {fmt(b)} to {fmt(pk)}, "

@@ -27,14 +27,22 @@ def run_mixed(run: Run, p: Params) -> list[Finding]:
 
     ## Fix
     Give every run its own `output_dir` / `logging_dir` (e.g. with a timestamp), or
-    delete the old logs before re-running. lorascope analyzes the latest run's points
-    where steps overlap.
+    delete the old logs before re-running. lorascope splits the folder into its runs and
+    analyses each on its own curves: the report is about the latest run, the others are
+    listed with their own findings (`runs` in `--format json`).
     """
-    ev = run.facts.get("mixed_evidence") or []
-    if not ev:
+    if not run.mixed:
         return []
-    return [p.finding(title=f"Logs of more than one run share this directory ({len(ev)} sign(s))",
-                      evidence=list(ev))]
+    n = max(2, len(run.others) + 1)
+    which = f"{run.id}" + (" (the latest)" if run.latest else "")
+    ev = list(run.mixed)
+    for o in run.others:
+        st = o.steps
+        span = f"steps {st.first}-{st.last}" if st.first is not None and st.last is not None else "no steps"
+        ev.append(f"{o.id}: {span}" + (f" of {st.planned} planned" if st.planned else "")
+                  + f" ({', '.join(o.sources[:3])}" + (" ..." if len(o.sources) > 3 else "") + ")")
+    return [p.finding(title=f"Logs of {n} runs share this directory; this report is about {which}",
+                      evidence=ev)]
 
 
 def _tail_events(run: Run):
@@ -46,8 +54,10 @@ def run_incomplete(run: Run, p: Params) -> list[Finding]:
     """Training stopped before its planned steps.
 
     ## What it detects
-    The last logged optimizer step falls short of the planned steps (`max_steps`, or
-    the trainer's own total), an event file ends in a truncated record, or the
+    The last logged optimizer step falls short of the planned steps (the trainer's own
+    total, `max_steps`, or what the trainer's step count gives for its epochs, batch,
+    accumulation and dataset size: kohya counts images x repeats, so a run killed before
+    its first epoch ends is caught too), an event file ends in a truncated record, or the
     trainer log ends in a traceback or out-of-memory error.
 
     ## Why it matters
@@ -68,28 +78,24 @@ def run_incomplete(run: Run, p: Params) -> list[Finding]:
     files: list[str] = []
     strong = False
     step = None
-    last, planned = run.steps.last, run.steps.planned
+    st = run.steps
+    last, planned = st.last, st.planned
     if last is not None and planned:
         missing = planned - last
         # the trainer's own global step is exact; a last *logged* step may lag by one interval
-        exact = run.facts.get("state_global_step") == last
-        interval = 1 if exact else int(run.config.get("logging_steps") or 1)
+        interval = 1 if st.last_exact else int(st.logging_interval or run.config.get("logging_steps") or 1)
         if missing > max(interval, p["min_missing_fraction"] * planned):
             ev.append(f"last logged step {last} of {planned} planned ({last / planned:.0%} done)")
+            if st.planned_from:
+                ev.append(f"planned steps: {planned} from {st.planned_from}")
             step = last
-            # is the last step only what a checkpoint's state says?
-            from_ckpt_only = all(
-                s.kind != "tfevents" and s.kind != "trainer_log" and "checkpoint-" in s.path
-                for s in run.sources if s.kind in ("trainer_state", "tfevents", "trainer_log"))
-            strong = not from_ckpt_only
-            if from_ckpt_only:
+            strong = not st.last_from_checkpoint
+            if st.last_from_checkpoint:
                 ev.append("the only trainer state found is a checkpoint's: the run may have gone on after that save")
-    for s in run.sources:
-        for prob in s.problems:
-            if "truncated" in prob and s.kind == "tfevents":
-                ev.append(f"{s.path}: {prob} (the writer was killed mid-record)")
-                files.append(s.path)
-                strong = True
+    for path, prob in run.cut_logs:
+        ev.append(f"{path}: {prob} (the writer was killed mid-record)")
+        files.append(path)
+        strong = True
     tail = _tail_events(run)
     if tail and ev:
         e = tail[-1]

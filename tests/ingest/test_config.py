@@ -258,8 +258,9 @@ def test_ss_metadata():
     assert v["resolution"] == 768 and v["epochs"] == 10 and v["max_steps"] == 1000
     assert v["max_grad_norm"] == 0.0 and v["warmup_steps"] == 0
     assert v["num_train_items"] == 20                      # unique images, not repeats
-    assert v["base_model"] == "v1-5.safetensors"
-    assert facts == {"trainer": "kohya", "task": "sd", "num_repeats": 10,
+    # kohya keeps only the model's file name: a name, never checked as a path
+    assert v["base_model_name"] == "v1-5.safetensors" and "base_model" not in v
+    assert facts == {"trainer": "kohya", "task": "sd", "num_repeats": 10, "train_views": 200,
                      "output_name": "chara"}
     assert all(c.file == "chara.safetensors" for c in vals)
     assert parse_safetensors_metadata({"format": "pt"}, "x.safetensors") == []
@@ -381,3 +382,55 @@ def test_wild_llamafactory_training_args():
     assert p.facts["trainer"] == "llamafactory"
     assert v["cutoff_len"] == doc["cutoff_len"]
     assert v["base_model"] == doc["model_name_or_path"]
+
+
+def test_seed_articles_lora_scripts_yaml(tmp_path):
+    """The lora-scripts YAML of ../shared/seeds, read fully, keys as the user wrote them."""
+    text = """\
+train_data_dir: "./data/style_train"
+metadata_path: "./data/style_train/metadata.csv"
+base_model: "./models/Stable-diffusion/v1-5-pruned.safetensors"
+task_type: sd
+lora_rank: 8
+lora_alpha: 16
+target_modules: ["q_proj", "v_proj"]
+batch_size: 4
+grad_accumulation_steps: 4
+epochs: 10
+learning_rate: 2e-4
+resolution: 768
+save_steps: 100
+output_dir: "./output/my_style_lora"
+"""
+    rel = "configs/my_lora_config.yaml"
+    p = parse(_write(tmp_path, rel, text), rel)
+    _check_keys(p, rel)
+    v, o = _vals(p), _origins(p)
+    assert p.facts["trainer"] == "lora-scripts" and p.facts["task"] == "sd"
+    assert p.facts["layout"] == "lora-scripts-yaml"
+    assert v["learning_rate"] == pytest.approx(2e-4)        # "2e-4" is a YAML string
+    assert v["lora_rank"] == 8 and v["lora_alpha"] == 16
+    assert v["target_modules"] == ["q_proj", "v_proj"]
+    assert v["batch_size"] == 4 and v["epochs"] == 10 and "max_steps" not in v
+    assert v["grad_accum"] == 4 and o["grad_accum"] == "grad_accumulation_steps"
+    assert v["save_steps"] == 100 and v["resolution"] == 768
+    assert v["base_model"].endswith("v1-5-pruned.safetensors") and o["base_model"] == "base_model"
+    assert v["train_data_dir"] == "./data/style_train"
+    assert v["metadata_path"] == "./data/style_train/metadata.csv"
+    assert v["output_dir"] == "./output/my_style_lora"
+
+
+def test_seed_yaml_llm_task_names_its_data_file(tmp_path):
+    text = ("base_model: ./models/qwen\ntask_type: llm\ntrain_data_dir: ./data/chat.jsonl\n"
+            "lora_rank: 64\nbatch_size: 1\nepochs: 3\nlearning_rate: 3e-4\nmax_seq_length: 2048\n")
+    p = parse(_write(tmp_path, "cfg.yaml", text), "cfg.yaml")
+    v = _vals(p)
+    assert p.facts["task"] == "llm" and v["dataset_files"] == ["./data/chat.jsonl"]
+    assert v["cutoff_len"] == 2048 and v["batch_size"] == 1
+
+
+def test_llamafactory_yaml_is_not_taken_for_the_seed_dialect(tmp_path):
+    text = ("model_name_or_path: m\nstage: sft\nfinetuning_type: lora\nlora_rank: 8\n"
+            "dataset: alpaca\ntemplate: llama3\nlearning_rate: 1.0e-4\n")
+    p = parse(_write(tmp_path, "x.yaml", text), "x.yaml")
+    assert p.facts["layout"] == "llamafactory"

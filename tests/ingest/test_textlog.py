@@ -97,7 +97,8 @@ def test_hf_training_log_events_curves_and_oom(tmp_path):
     assert "eval_runtime" not in s
     assert r.facts["planned_steps"] == 204
     cfg = {c.key: c.value for c in r.config}
-    assert cfg == {"epochs": 3, "batch_size": 4, "grad_accum": 8}
+    # "Num examples" of the training banner: the dataset size the epoch rules need
+    assert cfg == {"epochs": 3, "batch_size": 4, "grad_accum": 8, "num_train_items": 2182}
     assert r.facts["trainer"] == "llamafactory"
 
 

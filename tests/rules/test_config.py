@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from lorascope.model import Config, ConfigValue, Dataset, DataItem, LogEvent, Run, StepInfo
+from lorascope.model import Config, ConfigValue, Dataset, DataItem, DataSize, LogEvent, Run, StepInfo
 from lorascope.rules.registry import REGISTRY, load_catalog, load_rule_modules, params_for
 
 load_rule_modules()
@@ -11,10 +11,16 @@ CATALOG = load_catalog()
 
 
 def _run(tmp_path, values: dict, task="llm", file="train.yaml", **kw) -> Run:
+    """A Run whose config came from `file`; a training config (not a trainer state)
+    that leaves gradient accumulation out implies the trainer's default, 1."""
     origins = {k: ConfigValue(key=k, value=v, file=file, orig_key=f"orig_{k}")
                for k, v in values.items()}
+    implied = {}
+    if "grad_accum" not in values and not file.endswith("trainer_state.json"):
+        implied["grad_accum"] = ConfigValue("grad_accum", 1, file, "orig_grad_accum",
+                                            derived="trainer default")
     return Run(path=str(tmp_path), name="x", task=task,
-               config=Config(values=dict(values), origins=origins), **kw)
+               config=Config(values=dict(values), origins=origins, implied=implied), **kw)
 
 
 def _fire(rule_id: str, run: Run):
@@ -28,16 +34,26 @@ CASES = [
     ("config.lr_high", "sd", {"learning_rate": 2e-3}, True),
     ("config.lr_high", "sd", {"learning_rate": 1e-4}, False),
     ("config.lr_high", "sd", {"learning_rate": 1.0, "optimizer": "Prodigy"}, False),
+    # the lora-scripts article: above 5e-4 the loss oscillates; 2e-4 is its baseline
+    ("config.lr_high", "sd", {"learning_rate": 6e-4}, True),
+    ("config.lr_high", "sd", {"learning_rate": 5e-4}, False),
     ("config.lr_low", "llm", {"learning_rate": 1e-7}, True),
     ("config.lr_low", "llm", {"learning_rate": 1e-5}, False),
+    ("config.lr_low", "llm", {"learning_rate": 1e-6}, False),   # DPO / GRPO rates are this low
     ("config.lr_low", "sd", {"learning_rate": 0.0}, True),
+    ("config.lr_low", "sd", {"learning_rate": 1e-6}, True),     # the article's mistaken 1e-6
+    ("config.lr_low", "sd", {"learning_rate": 1e-5}, False),
     ("config.small_batch", "llm", {"batch_size": 1}, True),
     ("config.small_batch", "llm", {"batch_size": 2, "grad_accum": 1}, True),
     ("config.small_batch", "llm", {"batch_size": 1, "grad_accum": 8}, False),
     ("config.small_batch", "llm", {"batch_size": 4}, False),
     ("config.small_batch", "llm", {"batch_size": 1, "num_devices": 4}, False),
     ("config.rank_capacity", "sd", {"lora_rank": 128, "num_train_items": 30}, True),
-    ("config.rank_capacity", "sd", {"lora_rank": 32, "num_train_items": 30}, False),
+    # the article: rank above 32 on a small set (<50 images) memorises
+    ("config.rank_capacity", "sd", {"lora_rank": 64, "num_train_items": 40}, True),
+    ("config.rank_capacity", "sd", {"lora_rank": 32, "num_train_items": 30}, True),
+    ("config.rank_capacity", "sd", {"lora_rank": 32, "num_train_items": 60}, False),
+    ("config.rank_capacity", "sd", {"lora_rank": 16, "num_train_items": 30}, False),
     ("config.rank_capacity", "llm", {"lora_rank": 64, "num_train_items": 500}, True),
     ("config.rank_capacity", "llm", {"lora_rank": 64, "num_train_items": 50000}, False),
     ("config.rank_capacity", "llm", {"lora_rank": 256}, False),          # size unknown
@@ -49,6 +65,15 @@ CASES = [
      {"max_steps": 10000, "batch_size": 8, "num_train_items": 1000}, True),  # 80 epochs
     ("config.epochs_high", "sd", {"epochs": 400, "num_train_items": 20}, True),
     ("config.epochs_high", "sd", {"epochs": 10, "num_train_items": 20}, False),
+    # the article's table: <50 images <= 15 epochs, 50-100: 10-12, >100: 5-8
+    ("config.epochs_high", "sd", {"epochs": 15, "num_train_items": 40}, False),
+    ("config.epochs_high", "sd", {"epochs": 16, "num_train_items": 40}, True),
+    ("config.epochs_high", "sd", {"epochs": 12, "num_train_items": 80}, False),
+    ("config.epochs_high", "sd", {"epochs": 13, "num_train_items": 80}, True),
+    ("config.epochs_high", "sd", {"epochs": 8, "num_train_items": 200}, False),
+    ("config.epochs_high", "sd", {"epochs": 10, "num_train_items": 200}, True),
+    ("config.epochs_high", "sd",
+     {"max_steps": 1000, "batch_size": 4, "num_train_items": 40}, True),    # 100 passes
     ("config.no_warmup", "llm", {"learning_rate": 3e-4, "warmup_steps": 0}, True),
     ("config.no_warmup", "llm", {"learning_rate": 3e-4, "warmup_ratio": 0.0}, True),
     ("config.no_warmup", "llm", {"learning_rate": 3e-4, "warmup_steps": 0,
@@ -89,8 +114,8 @@ def test_default_severities_match_contract():
 
 def test_fixes_use_normalized_keys(tmp_path):
     run = _run(tmp_path, {"learning_rate": 5e-3, "warmup_steps": 0, "max_grad_norm": 0,
-                          "batch_size": 1, "epochs": 30, "num_train_items": 5000})
-    run.steps = StepInfo(planned=2000)
+                          "batch_size": 1, "epochs": 30, "num_train_items": 5000},
+               steps=StepInfo(planned=2000))
     fixes = {rid: _fire(rid, run)[0].fix for rid in
              ("config.lr_high", "config.no_warmup", "config.no_grad_clip",
               "config.small_batch", "config.epochs_high")}
@@ -109,17 +134,24 @@ def test_sd_small_batch_is_info_and_lr_fix_is_sd_typical(tmp_path):
 
 
 def test_sd_epochs_count_repeats(tmp_path):
+    # one pass per epoch (lora-scripts): the article's table, 20 images at most 15 epochs
     run = _run(tmp_path, {"epochs": 40, "num_train_items": 20}, task="sd")
-    assert not _fire("config.epochs_high", run)
-    run.facts["num_repeats"] = 10                   # 400 views per image
+    (f,) = _fire("config.epochs_high", run)
+    assert f.fix == {"epochs": 15} and "40 epochs" in f.title
+    # kohya with 10 repeats: 400 views per image
+    run = _run(tmp_path, {"epochs": 40, "num_train_items": 20}, task="sd",
+               data=DataSize(items=20, repeats=10, items_from="10_chara folder"))
     f = _fire("config.epochs_high", run)[0]
     assert "400" in f.title and f.fix == {"epochs": 10}
+    run = _run(tmp_path, {"epochs": 10, "num_train_items": 20}, task="sd",
+               data=DataSize(items=20, repeats=10))
+    assert not _fire("config.epochs_high", run)         # 100 views: the usual recipe
 
 
 def test_dataset_size_from_run_datasets(tmp_path):
-    run = _run(tmp_path, {"lora_rank": 128}, task="sd")
-    run.datasets = [Dataset(kind="images", root="img",
-                            items=[DataItem(file=f"img/{i}.png") for i in range(10)])]
+    run = _run(tmp_path, {"lora_rank": 128}, task="sd",
+               datasets=[Dataset(kind="images", root="img",
+                                 items=[DataItem(file=f"img/{i}.png") for i in range(10)])])
     f = _fire("config.rank_capacity", run)
     assert f and "10 items" in " ".join(f[0].evidence)
 
@@ -166,17 +198,21 @@ def test_missing_local_path_is_critical(tmp_path):
 
 
 def test_foreign_base_model_is_critical_when_load_failed(tmp_path):
-    run = _run(tmp_path, {"base_model": "/root/autodl-tmp/nonexistent-xyz/Qwen2-7B"})
-    run.events = [LogEvent(kind="base_model_not_loaded", file="train.log", line=3,
-                           text="OSError: /root/autodl-tmp/... not found")]
+    run = _run(tmp_path, {"base_model": "/root/autodl-tmp/nonexistent-xyz/Qwen2-7B"},
+               events=[LogEvent(kind="base_model_not_loaded", file="train.log", line=3,
+                                text="OSError: /root/autodl-tmp/... not found")])
     f = _fire("config.missing_path", run)[0]
     assert f.severity == "critical"
     assert any("not loaded" in e for e in f.evidence)
 
 
 def test_ss_metadata_basename_is_not_checked(tmp_path):
-    run = _run(tmp_path, {"base_model": "v1-5-pruned.safetensors"}, task="sd")
-    run.config.origins["base_model"].orig_key = "ss_sd_model_name"
+    from lorascope.ingest.config import parse_safetensors_metadata
+    vals = parse_safetensors_metadata({"ss_sd_model_name": "v1-5-pruned.safetensors",
+                                       "ss_network_dim": "8"}, "lora.safetensors")
+    run = Run(path=str(tmp_path), name="x", task="sd",
+              config=Config(values={c.key: c.value for c in vals}, origins={c.key: c for c in vals}))
+    assert run.config.get("base_model_name") == "v1-5-pruned.safetensors"
     assert not _fire("config.missing_path", run)
 
 

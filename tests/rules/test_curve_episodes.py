@@ -105,10 +105,10 @@ def test_named_eval_sets_are_eval_curves():
     assert role_of("eval_g0_loss") == "eval_loss" and role_of("eval/g3_loss") == "eval_loss"
     assert role_of("eval_runtime") == "other"
     v = np.exp(decay(300, 0.01))
-    run = make_run(v)
     st = np.arange(30, 301, 30)
-    run.series.append(Series("eval_g0_loss", "eval_loss", st, 1.1 * np.linspace(1.0, 4.0, 10)))
-    run.series.append(Series("eval_g1_loss", "eval_loss", st, 1.3 * np.exp(-np.arange(10) / 20)))
+    run = make_run(v, extra_series=[
+        Series("eval_g0_loss", "eval_loss", st, 1.1 * np.linspace(1.0, 4.0, 10)),
+        Series("eval_g1_loss", "eval_loss", st, 1.3 * np.exp(-np.arange(10) / 20))])
     (f,) = alarms("overfit", run)
     assert "1 of 2 eval sets" in f.title and any("eval_g0_loss" in e for e in f.evidence)
 

@@ -245,8 +245,8 @@ def test_plateau_fix_follows_the_evidence():
     v = np.exp(np.log(5.9) + np.random.default_rng(0).normal(0, 0.01, 100))
     (f,) = alarms("loss.plateau", make_run(v, config={"learning_rate": 1e-5}))
     assert f.fix == {"learning_rate": 2e-4}
-    run = make_run(v, config={"learning_rate": 1e-5})
-    run.events.append(LogEvent(kind="base_model_not_loaded", file="train.log", line=3, text="x"))
+    run = make_run(v, config={"learning_rate": 1e-5},
+                   events=[LogEvent(kind="base_model_not_loaded", file="train.log", line=3, text="x")])
     (g,) = alarms("loss.plateau", run)
     assert "learning_rate" not in g.fix and any("base model not loaded" in e for e in g.evidence)
 
@@ -254,9 +254,8 @@ def test_plateau_fix_follows_the_evidence():
 def test_dpo_loss_starting_at_ln2_is_not_a_plateau():
     rng = np.random.default_rng(0)
     v = np.exp(np.log(0.69) + rng.normal(0, 0.25, 200))
-    run = make_run(v)
     from lorascope.model import Series as S
-    run.series.append(S("rewards/accuracies", "other", np.arange(1, 201), rng.random(200)))
+    run = make_run(v, extra_series=[S("rewards/accuracies", "other", np.arange(1, 201), rng.random(200))])
     assert alarms("loss.plateau", run) == []
     assert alarms("loss.plateau", make_run(v)) != []
 
