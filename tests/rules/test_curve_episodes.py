@@ -28,7 +28,7 @@ def test_a_loss_that_climbs_from_its_first_points_diverged():
     run = make_run(v, steps=steps, config={"learning_rate": 5e-3})
     (f,) = alarms("loss.divergence", run)
     assert f.severity == "critical" and f.step <= 30
-    assert "29.6" in f.title or "climbed from the first" in " ".join(f.evidence)
+    assert "climbed from its first logged points" in " ".join(f.evidence)
     assert alarms("loss.spike", run) == [] and alarms("loss.plateau", run) == []
 
 
