@@ -352,6 +352,8 @@ def excursions(cur: sg.Curve, series: str, yw: np.ndarray, segs: list[Segment], 
                 if fr[j] > peak_lvl:
                     peak_step, peak_lvl = int(cur.steps[a0 + j]), float(fr[j])
                     rise = peak_lvl - b_seg.level
+        if i_back is None and end_level > peak_lvl:
+            peak_lvl = end_level          # a climb is highest at its end
         if cur.level(peak_lvl) - cur.level(b_seg.level) < rel_min:
             continue      # tiny in the loss's own units (a memorised loss bouncing near zero)
         if cur.mode == "linear" and i_back is None and n_ds - first.start < 2:
@@ -365,12 +367,63 @@ def excursions(cur: sg.Curve, series: str, yw: np.ndarray, segs: list[Segment], 
                   "curve_end": cur.level(max(segs[-1].level, float(np.median(y[max(segs[-1].start, n_ds - w_e):])))
                                          if i_back is None else segs[-1].level),
                   "duration_points": int(dur), "before_steps": (b_seg.first_step, b_seg.last_step),
+                  "start_level": cur.level(float(np.median(y[:max(1, min(5, n_ds // 20))]))),
                   "peak_point": float(np.max(cur.raw[cur.full_index(on):cur.full_index(peak_seg.end - 1) + 1]))
                   if on < peak_seg.end else cur.level(peak_seg.level),
                   "z": float(rise / max(math.hypot(peak_seg.se, b_seg.se), 1e-12)),
                   "in_warmup": onset_step <= warmup_step})
         out.append(ep)
     return out
+
+
+def end_rise(cur: sg.Curve, series: str, yw: np.ndarray, sig_ds: np.ndarray, T: Thresholds,
+             found: list[Episode]) -> Episode | None:
+    """The backstop for a curve whose segments found no climb that stays up: its level over
+    the last tenth against its lowest running median over a tenth of the points before it.
+    Ending min_ratio (divergence) above its best, by level_z_min standard errors after the
+    bias of taking the lowest of n/w windows, is a climb that stays up, however noisy the
+    curve (a 50-point diffusion loss climbing x5 in its last third)."""
+    n_ds = len(yw)
+    if cur.mode != "log" or n_ds < 30 or any(e.kind == "excursion" and e.recovered is False for e in found):
+        return None
+    w = max(3, n_ds // 10)
+    tail_from = int(cur.ds_steps[n_ds - w])
+    if any(e.kind == "spike" and e.onset is not None and e.onset >= tail_from for e in found):
+        return None       # a short spike in the last points lifts their level: it is the spike's
+    sm = sg.rolling_median(yw, w)
+    a, b = w // 2, n_ds - w - w // 2
+    if b <= a:
+        return None
+    i_best = a + int(np.argmin(sm[a:b]))
+    best = float(sm[i_best])
+    end = float(np.median(yw[-w:]))
+    sig = float(np.median(sig_ds))
+    se_w = 1.25 * sig / math.sqrt(w)
+    k = max(1.0, (b - a) / w)
+    bias = se_w * math.sqrt(2.0 * math.log(k)) if k > 1 else 0.0
+    rise = end - best
+    if rise < math.log(T.rule("loss.divergence", "min_ratio")) or \
+            rise - bias < float(T.stage("level_z_min")) * se_w * math.sqrt(2.0):
+        return None
+    # onset: where the smoothed level last stood within a quarter of the rise of its best
+    # (a knot fitted through this much noise lands anywhere in the flat stretch)
+    low = np.flatnonzero(sm[i_best:n_ds - w // 2] <= best + rise / 4.0)
+    on = i_best + (int(low[-1]) + 1 if len(low) else 0)
+    on = min(on, n_ds - 1)
+    on_full = cur.full_index(on)
+    init = abs(float(np.median(cur.raw[: max(3, cur.n // 30)])))
+    if cur.level(end) - cur.level(best) < float(T.rule("loss.spike", "min_rel_init")) * init:
+        return None
+    return Episode(
+        "excursion", series, onset=int(cur.steps[min(on_full, cur.n - 1)]), peak=int(cur.steps[-1]),
+        end=None, last=int(cur.steps[-1]), before=cur.level(best), peak_level=cur.level(end),
+        end_level=cur.level(end), recovered=False, sudden=False, magnitude=float(rise),
+        data={"end_excess": rise, "rise_points": int(cur.n - on_full), "duration_points": int(cur.n - on_full),
+              "curve_end": cur.level(end),
+              "before_steps": (int(cur.ds_steps[max(0, i_best - w // 2)]), int(cur.ds_steps[min(n_ds - 1, i_best + w // 2)])),
+              "start_level": cur.level(float(np.median(yw[:max(1, min(5, n_ds // 20))]))),
+              "z": float((rise - bias) / max(se_w * math.sqrt(2.0), 1e-12)), "in_warmup": False,
+              "backstop": True})
 
 
 def _discontinuity(x: np.ndarray, y: np.ndarray, lo: int, hi: int, k: int) -> tuple[float, float]:

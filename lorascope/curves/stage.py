@@ -140,7 +140,11 @@ def analyze(run: Run, catalog: dict) -> CurveAnalysis:
                     if e.sudden and not e.recovered and abs(e.data["end_excess"] - math.log(g)) < math.log(1.15):
                         e.kind, e.why = "scale_change", f"the loss is logged x grad_accum ({g}) from here"
             eps += exc
-            eps += loss.point_spikes(tcur, train.name, noise, resid, T, sig_ds)
+            spikes = loss.point_spikes(tcur, train.name, noise, resid, T, sig_ds)
+            back = loss.end_rise(tcur, train.name, yw, sig_ds, T, exc + spikes)
+            if back is not None:
+                eps.append(back)
+            eps += spikes
             fl = loss.flat(tcur, train.name, T, sg.warmup_index(tcur, run, T.rule("loss.plateau", "warmup_frac")))
             if fl is not None:
                 eps.append(fl)

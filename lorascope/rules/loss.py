@@ -252,6 +252,8 @@ def loss_divergence(run: Run, p: Params) -> list[Finding]:
                 head.onset - cm.first_step <= max(2 * (cm.last_step - cm.first_step) / (cm.points - 1),
                                                    (cm.last_step - cm.first_step) / 20):
             ev.append("it climbed from its first logged points: it never decreased")
+        elif d.get("start_level") and b and mode == "log" and d["start_level"] > 1.1 * b:
+            ev.append(f"before that it had fallen from {fmt(d['start_level'])}")
         if head.recovered:
             ev.append(f"came back within its earlier level from step {head.end}")
             title = (f"Loss diverged from step {head.onset}: rose from {fmt(b)} to {fmt(pk)}, "
