@@ -67,16 +67,23 @@ def render_catalog_text(doc: dict) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _thresholds(entry: dict) -> list[str]:
+    """The thresholds table and the rationale of a rule or stage page."""
+    out: list[str] = []
+    if entry["params"]:
+        out += ["## Thresholds", "", "| param | default |", "|---|---|"]
+        out += [f"| `{k}` | `{v}` |" for k, v in entry["params"].items()]
+        out.append("")
+    if entry["rationale"]:
+        out += ["## Rationale", "", entry["rationale"].strip(), ""]
+    return out
+
+
 def rule_page(r: dict) -> str:
     out = [f"# `{r['id']}`", "", f"**Default severity:** {r['severity']}  ", f"{r['summary']}", ""]
     for s in DOC_SECTIONS:
         out += [f"## {s}", "", r["doc"].get(s) or "_(not documented)_", ""]
-    if r["params"]:
-        out += ["## Thresholds", "", "| param | default |", "|---|---|"]
-        out += [f"| `{k}` | `{v}` |" for k, v in r["params"].items()]
-        out.append("")
-    if r["rationale"]:
-        out += ["## Rationale", "", r["rationale"].strip(), ""]
+    out += _thresholds(r)
     if r["causes"]:
         out += ["## Likely causes linked by the diagnosis", "", "| rule | base confidence |", "|---|---|"]
         out += [f"| [`{k}`]({k}.md) | {v} |" for k, v in r["causes"].items()]
@@ -94,12 +101,7 @@ def stage_page(st: dict) -> str:
            "Not a rule: the stage between the run model and the rules whose result every curve "
            "rule reads. Its thresholds can be overridden like a rule's with "
            f"`--rules FILE` (`[{st['id']}.params]`).", ""]
-    if st["params"]:
-        out += ["## Thresholds", "", "| param | default |", "|---|---|"]
-        out += [f"| `{k}` | `{v}` |" for k, v in st["params"].items()]
-        out.append("")
-    if st["rationale"]:
-        out += ["## Rationale", "", st["rationale"].strip(), ""]
+    out += _thresholds(st)
     out += ["_Generated from `rules/` by `python -m lorascope.rules.catalog_doc`._", ""]
     return "\n".join(out)
 
