@@ -35,8 +35,12 @@ PARSERS: dict[str, tuple[str, str]] = {
     "dataset_meta": ("lorascope.ingest.config", "parse_meta_json"),
     "model_config": ("lorascope.build", "parse_model_config"),
     "safetensors": ("lorascope.ingest.safetensors", "parse"),
+    "wandb": ("lorascope.ingest.wandb", "parse"),
+    "wandb_config": ("lorascope.ingest.wandb", "parse_config_yaml"),
+    "wandb_summary": ("lorascope.ingest.wandb", "parse_summary"),
+    "mlflow_run": ("lorascope.ingest.mlflow", "parse"),
 }
-CURVE_KINDS = ("tfevents", "trainer_state", "trainer_log", "text_log")
+CURVE_KINDS = ("tfevents", "trainer_state", "trainer_log", "text_log", "wandb", "mlflow_run")
 
 # Tag name -> role.  Order matters: the first pattern that matches wins, and among
 # several series of one role the builder lists preferred names first.
@@ -605,7 +609,7 @@ def _assemble(run_dir: Path, name: str, share: _Share, *, latest: bool, rid: str
             seen.add(id(p.source))
             sources.append(p.source)
     sources.sort(key=lambda s: order.get(id(s), 1 << 30))
-    cut = tuple((s.path, prob) for s in sources if s.kind == "tfevents"
+    cut = tuple((s.path, prob) for s in sources if s.kind in ("tfevents", "wandb")
                 for prob in s.problems if "truncated" in prob)
     return Run(path=str(run_dir), name=name, trainer=trainer, task=task,
                sources=tuple(sources) + tuple(ds_sources), series=tuple(series), config=cfg,
@@ -732,8 +736,13 @@ def build_folder(run_dir: Path | str, *, jobs: int | None = None, progress: bool
     shares = [_Share(pieces=list(g)) for g in groups]
     owners = _owners([p for p in parsed if p not in piece_files], groups, run_dir)
     latest = len(shares) - 1
+    piece_ids = {id(p) for p in piece_files}
     for p in parsed:
-        if p in piece_files and p.source.kind != "text_log":
+        if id(p) in piece_ids and p.source.kind != "text_log":
+            if p.events:        # a curve file's own console (a W&B run's captured output)
+                i = next((k for k in range(latest, -1, -1)
+                          if any(pc.parsed.source is p.source for pc in shares[k].pieces)), latest)
+                shares[i].events.extend(p.events)
             continue
         if p.source.kind == "text_log":
             for i, evs in _split_events(p, len(shares)).items():
@@ -742,6 +751,8 @@ def build_folder(run_dir: Path | str, *, jobs: int | None = None, progress: bool
                 continue
         i = owners.get(id(p), latest)
         shares[i].parsed.append(p)
+        if p.events and p.source.kind != "text_log":
+            shares[i].events.extend(p.events)
     runs = [_assemble(run_dir, name, sh, latest=(i == latest), rid=f"run-{i + 1}", csvs=csvs,
                       jobs=jobs, progress=progress, order=order)
             for i, sh in enumerate(shares)]
