@@ -39,25 +39,32 @@ PARSERS: dict[str, tuple[str, str]] = {
     "wandb_config": ("lorascope.ingest.wandb", "parse_config_yaml"),
     "wandb_summary": ("lorascope.ingest.wandb", "parse_summary"),
     "mlflow_run": ("lorascope.ingest.mlflow", "parse"),
+    "aitk_loss_log": ("lorascope.ingest.aitk", "parse"),
 }
-CURVE_KINDS = ("tfevents", "trainer_state", "trainer_log", "text_log", "wandb", "mlflow_run")
+CURVE_KINDS = ("tfevents", "trainer_state", "trainer_log", "text_log", "wandb", "mlflow_run",
+               "aitk_loss_log")
 
 # Tag name -> role.  Order matters: the first pattern that matches wins, and among
 # several series of one role the builder lists preferred names first.
 ROLE_PATTERNS: list[tuple[str, re.Pattern]] = [
     # eval_<name>_loss: HF Trainer with a dict of eval datasets (eval/<name>_loss in TensorBoard)
     ("eval_loss", re.compile(r"^(eval|val|valid|validation|test)[/_]loss$|^loss/(val|validation|eval)$"
-                             r"|^(eval|val|valid|validation|test)[/_][^/]+[/_]loss$")),
-    ("train_loss", re.compile(r"^(train/)?loss$|^train[/_]loss$|^loss/(current|step|train)$|^training[/_]loss$")),
+                             r"|^(eval|val|valid|validation|test)[/_][^/]+[/_]loss$"
+                             r"|^loss/validation_step/total_average$")),      # OneTrainer
+    # loss/train_step: OneTrainer; loss/loss: ai-toolkit's UI logger and W&B logger
+    ("train_loss", re.compile(r"^(train/)?loss$|^train[/_]loss$|^loss/(current|step|train)$|^training[/_]loss$"
+                              r"|^loss/train_step$|^loss/loss$")),
     ("lr", re.compile(r"^(train/)?(learning_rate|lr)$|^lr/.+|^lr$")),
     ("grad_norm", re.compile(r"^(train/)?(grad_norm|gradient_norm|grad-norm)$|^grad_norm/.+")),
 ]
-RUNNING_AVERAGE_TAGS = {"loss/average", "loss/avr", "loss/moving_average"}
+RUNNING_AVERAGE_TAGS = {"loss/average", "loss/avr", "loss/moving_average",
+                        "smooth_loss/train_step"}     # OneTrainer's EMA of the loss
 EPOCH_TAGS = {"epoch", "train/epoch"}
 # kohya's per-epoch mean loss: older versions log `loss/epoch`, newer `loss/epoch_average`
 KOHYA_EPOCH_TAGS = {"loss/epoch", "loss/epoch_average"}
-TRAINER_RANK = {"kohya": 0, "lora-scripts": 0, "llamafactory": 1, "diffusers": 2, "hf-trainer": 3}
-SD_TRAINERS = {"kohya", "lora-scripts", "diffusers"}
+TRAINER_RANK = {"kohya": 0, "lora-scripts": 0, "ai-toolkit": 0, "onetrainer": 0, "simpletuner": 0,
+                "llamafactory": 1, "axolotl": 1, "diffusers": 2, "hf-trainer": 3}
+SD_TRAINERS = {"kohya", "lora-scripts", "diffusers", "ai-toolkit", "onetrainer", "simpletuner"}
 # the learning rate of adaptive optimizers (Prodigy, D-Adaptation) is a multiplier: kohya
 # logs their real step size as lr/d*lr
 ADAPTIVE_LR_TAG = re.compile(r"d\*lr", re.I)
@@ -407,7 +414,9 @@ def _main_layout(configs: list[Parsed], trainer: str) -> trainers.Layout | None:
         if lay is not None and lay.trainer is not None:
             return lay
     return trainers.by_name({"kohya": "kohya", "lora-scripts": "lora-scripts",
-                             "hf-trainer": "hf-trainer", "llamafactory": "llamafactory"}.get(trainer))
+                             "hf-trainer": "hf-trainer", "llamafactory": "llamafactory",
+                             "axolotl": "axolotl", "ai-toolkit": "ai-toolkit",
+                             "onetrainer": "onetrainer", "simpletuner": "simpletuner"}.get(trainer))
 
 
 def _implied(configs: list[Parsed], values: dict) -> dict[str, ConfigValue]:

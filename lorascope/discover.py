@@ -29,6 +29,7 @@ KINDS = (
     "mlflow_run",        # MLflow file store: meta.yaml of mlruns/<experiment>/<run>/
     "mlflow_item",       # MLflow file store: metrics/params/tags files (read with their run)
     "mlflow_meta",       # MLflow file store: an experiment's meta.yaml
+    "aitk_loss_log",     # ai-toolkit UI logger: loss_log.db (SQLite) in the training folder
     "other",
 )
 
@@ -70,8 +71,12 @@ def classify(rel: str) -> str:
         return "results"
     if low in CONFIG_JSON_NAMES:
         return "config"
+    if ext == ".json" and rel.lower().rsplit("/", 2)[-2:-1] == ["config"]:
+        return "config"         # SimpleTuner config/config.json, OneTrainer workspace/config/<time>.json
     if low == "config.json":
         return "model_config"
+    if low == "loss_log.db":
+        return "aitk_loss_log"
     if low in kohya.META_JSON_NAMES:
         return "dataset_meta"
     if ext in (".yaml", ".yml", ".toml"):
@@ -84,7 +89,7 @@ def classify(rel: str) -> str:
         return "dataset_csv"
     if ext in IMAGE_EXTS:
         return "image"
-    if ext == ".log" or low == "running_log.txt":
+    if ext == ".log" or low in ("running_log.txt", "log.txt"):
         return "text_log"
     if ext == ".txt" and re.search(r"(^|/)logs?/", rel.lower()):
         return "text_log"
