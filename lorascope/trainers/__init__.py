@@ -72,8 +72,9 @@ def _layouts() -> list[Layout]:
     from lorascope.trainers import (accelerate, ai_toolkit, axolotl, diffusers, hf_trainer, kohya,
                                     llamafactory, lora_scripts, onetrainer, peft, simpletuner)
     # detection order: the first layout whose detect() holds reads the file
-    return [kohya.DATASET, peft.LAYOUT, accelerate.LAYOUT, ai_toolkit.LAYOUT, onetrainer.LAYOUT,
-            simpletuner.LAYOUT, axolotl.LAYOUT, lora_scripts.TOML, kohya.LAYOUT,
+    # (axolotl's YAML has a `datasets` list too: its stricter test comes before kohya's)
+    return [ai_toolkit.LAYOUT, onetrainer.LAYOUT, simpletuner.LAYOUT, axolotl.LAYOUT,
+            kohya.DATASET, peft.LAYOUT, accelerate.LAYOUT, lora_scripts.TOML, kohya.LAYOUT,
             lora_scripts.YAML, llamafactory.LAYOUT, hf_trainer.LAYOUT, diffusers.LAYOUT]
 
 
