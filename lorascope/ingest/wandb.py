@@ -218,6 +218,10 @@ def _walk(v: _Views, size: int, st: _State) -> tuple[np.ndarray, np.ndarray, np.
             pos[idx[ok]] = p[ok] + CHUNK + ln[ok]
         stop = ~ok
         if stop.any():
+            for i in np.flatnonzero(zero).tolist():
+                b, q = int(idx[i]), int(p[i])
+                if np.any(v.u8[q:int(bend[b])]):      # zeros, then data: not a trailer
+                    corrupt.append(q)
             for i in np.flatnonzero(stop & (bad | over)).tolist():
                 b = int(idx[i])
                 if bend[b] == size and over[i] and bstart[b] + BLOCK > size:
