@@ -76,6 +76,11 @@ STEP_KEYS = ("train/global_step", "trainer/global_step", "global_step")
 _CRC_SEED = [0] + [zlib.crc32(bytes([t])) for t in range(1, 5)]
 _HDR = struct.Struct("<4sHB")
 _NUMERIC_START = frozenset(b"-0123456789NI")
+_NUMERIC_LUT = np.zeros(256, bool)
+_NUMERIC_LUT[list(_NUMERIC_START)] = True
+_C1, _C2, _C3 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F), 0x165667B19E3779F9
+# the low k bytes of a uint64, k = 0..8
+_LOW_BYTES = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [(1 << 64) - 1], np.uint64)
 
 
 # ------------------------------------------------------------------------ the file
@@ -256,8 +261,22 @@ def _records(buf, v: _Views, starts, lens, types, st: _State, fast_path: bool) -
     st.nrec = int(first_chunk.sum())
     st.records = st.nrec
     fi = np.flatnonzero(full)
-    o, n = starts[fi], lens[fi]
-    rec = rec_of_chunk[fi]
+    _decode(buf, v, starts[fi], lens[fi], rec_of_chunk[fi], st, fast_path, True)
+    # records split across blocks: joined (each chunk's CRC checked), then decoded the
+    # same way from a buffer of their own
+    multi = np.flatnonzero(~full)
+    if len(multi):
+        datas, recs = _multi(buf, v, starts, lens, types, rec_of_chunk, multi, st)
+        if datas:
+            side = b"".join(datas)
+            n = np.asarray([len(d) for d in datas], np.int64)
+            o = np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int64)
+            _decode(side, _Views(side), o, n, np.asarray(recs, np.int64), st, fast_path, False)
+
+
+def _decode(buf, v: _Views, o, n, rec, st: _State, fast_path: bool, crc_check: bool) -> None:
+    """Records at o (length n) in buf: history rows by the fast path, the rest by the
+    wire decoder; `crc_check`: the chunk header before each record holds its CRC."""
     # skip an optional `num` varint (field 1), then the payload's tag byte
     u8 = v.u8
     lim = len(u8) - 1
@@ -266,6 +285,8 @@ def _records(buf, v: _Views, starts, lens, types, st: _State, fast_path: bool) -
     q[has_num] += 1
     done = ~has_num
     for _ in range(10):
+        if done.all():
+            break
         b = u8[np.minimum(q, lim)]
         q = np.where(done, q, q + 1)
         done |= b < 0x80
@@ -276,24 +297,23 @@ def _records(buf, v: _Views, starts, lens, types, st: _State, fast_path: bool) -
     slow = ~(hist | skip | empty)
     if fast_path and hist.any():
         hi = np.flatnonzero(hist)
-        bad = _fast_history(buf, v, o[hi], n[hi], q[hi], rec[hi], st)
+        bad = _fast_history(buf, v, o[hi], n[hi], q[hi], rec[hi], st, crc_check)
         if len(bad):
             slow[hi[bad]] = True
     elif hist.any():
         slow |= hist
     for i in np.flatnonzero(slow).tolist():
         s, ln = int(o[i]), int(n[i])
-        if not _crc_ok(buf, s, ln, FULL, v):
+        if crc_check and not _crc_ok(buf, s, ln, FULL, v):
             st.bad_crc += 1
             continue
         _slow_record(bytes(buf[s:s + ln]), int(rec[i]), st)
-    # records split across blocks
-    multi = np.flatnonzero(~full)
-    if len(multi):
-        _multi(buf, v, starts, lens, types, rec_of_chunk, multi, st)
 
 
-def _multi(buf, v, starts, lens, types, rec_of_chunk, multi, st: _State) -> None:
+def _multi(buf, v, starts, lens, types, rec_of_chunk, multi, st: _State) -> tuple[list[bytes], list[int]]:
+    """The records split into FIRST, MIDDLE..., LAST chunks, joined."""
+    datas: list[bytes] = []
+    recs: list[int] = []
     parts: list[bytes] = []
     size = 0
     prev = -2
@@ -321,21 +341,26 @@ def _multi(buf, v, starts, lens, types, rec_of_chunk, multi, st: _State) -> None
             parts, size = [], 0
             continue
         if t == LAST:
-            _slow_record(b"".join(parts), int(rec_of_chunk[i]), st)
+            datas.append(b"".join(parts))
+            recs.append(int(rec_of_chunk[i]))
             parts, size = [], 0
     if parts:
         broken += 1
     if broken:
         st.problems.append(f"{broken} records split across blocks were incomplete")
+    return datas, recs
 
 
 # ------------------------------------------------------------ history fast path
 def _varint_vec(u8: np.ndarray, p: np.ndarray, lim: int, maxlen: int = 3):
     """Varints of at most `maxlen` bytes at p: (value, length, ok)."""
-    val = np.zeros(len(p), np.int64)
-    ln = np.zeros(len(p), np.int64)
-    done = np.zeros(len(p), bool)
-    for k in range(maxlen):
+    b = u8[np.minimum(p, lim)].astype(np.int64)
+    done = b < 0x80
+    val = b & 0x7F
+    ln = np.ones(len(p), np.int64)
+    for k in range(1, maxlen):
+        if done.all():
+            break
         b = u8[np.minimum(p + k, lim)].astype(np.int64)
         take = ~done
         val = np.where(take, val | ((b & 0x7F) << (7 * k)), val)
@@ -344,7 +369,7 @@ def _varint_vec(u8: np.ndarray, p: np.ndarray, lim: int, maxlen: int = 3):
     return val, ln, done
 
 
-def _fast_history(buf, v: _Views, o, n, q, rec, st: _State) -> np.ndarray:
+def _fast_history(buf, v: _Views, o, n, q, rec, st: _State, crc_check: bool = True) -> np.ndarray:
     """Decode history records laid out as wandb writes them, all at once.
 
     Returns the indices (into o) of records the fast path could not read; those go to
@@ -358,10 +383,12 @@ def _fast_history(buf, v: _Views, o, n, q, rec, st: _State) -> np.ndarray:
     ok &= he <= end
     # CRC of every record read here (zlib per record: C speed)
     crc_bad = np.zeros(len(o), bool)
-    for i in np.flatnonzero(ok).tolist():
-        s, ln = int(o[i]), int(n[i])
-        if (zlib.crc32(buf[s:s + ln], _CRC_SEED[FULL]) & 0xFFFFFFFF) != int(v.u32[s - CHUNK]):
-            crc_bad[i] = True
+    sel = np.flatnonzero(ok)
+    if crc_check and len(sel):
+        mv, crc32, seed = memoryview(buf), zlib.crc32, _CRC_SEED[FULL]
+        got = np.fromiter((crc32(mv[a:b], seed) for a, b in zip(o[sel].tolist(), end[sel].tolist())),
+                          np.uint32, count=len(sel))
+        crc_bad[sel] = got != v.u32[o[sel] - CHUNK]
     if crc_bad.any():
         st.bad_crc += int(crc_bad.sum())
         ok &= ~crc_bad
@@ -413,24 +440,45 @@ def _fast_history(buf, v: _Views, o, n, q, rec, st: _State) -> np.ndarray:
 
 
 def _collect(buf, v: _Views, r, rec, ks, kl, vs, vl, st: _State) -> None:
-    """Group items by key (whole-key comparison) and parse their numbers."""
+    """Group items by key and parse their numbers.  A 64-bit signature of each key (its
+    first and last 8 bytes, length and, for long keys, the words between) finds the
+    groups; every member of a group is then compared with the group's first key byte
+    for byte (words), so a signature collision only splits work, never merges keys."""
     u8, u64 = v.u8, v.u64
     lim8 = len(u64) - 1
-    w0 = u64[np.minimum(ks, lim8)]
-    w0 = np.where(kl < 8, w0 & ((np.uint64(1) << (kl.astype(np.uint64) * np.uint64(8))) - np.uint64(1)), w0)
+    w0 = u64[np.minimum(ks, lim8)] & _LOW_BYTES[np.minimum(kl, 8)]
     wl = u64[np.minimum(np.maximum(ks + kl - 8, ks), lim8)]
+    sig = w0 ^ (wl * _C1) ^ (kl.astype(np.uint64) * _C2)
+    top = int(kl.max())
+    mids = []
+    for off in range(8, top - 8, 8):
+        m = np.where(kl > off + 8, u64[np.minimum(ks + off, lim8)], np.uint64(0))
+        mids.append(m)
+        sig ^= m * np.uint64(_C3 + off)
     todo = np.ones(len(r), bool)
+    first = True
     while todo.any():
         r0 = int(np.argmax(todo))
-        k0 = int(kl[r0])
-        same = todo & (kl == k0) & (w0 == w0[r0]) & (wl == wl[r0])
-        if k0 > 16:
-            for off in range(8, k0 - 8, 8):
-                same &= u64[np.minimum(ks + off, lim8)] == u64[min(int(ks[r0]) + off, lim8)]
-        key = bytes(u8[int(ks[r0]):int(ks[r0]) + k0]).decode("utf-8", errors="replace")
-        todo &= ~same
-        sel = np.flatnonzero(same)
-        recs, texts = _number_texts(u8, rec[r[sel]], vs[sel], vl[sel])
+        if first and (sig == sig[0]).all():
+            sel = None                               # one key at this item position in every row
+        else:
+            sel = np.flatnonzero(todo & (sig == sig[r0]))
+        first = False
+        idx = slice(None) if sel is None else sel
+        exact = (kl[idx] == kl[r0]) & (w0[idx] == w0[r0]) & (wl[idx] == wl[r0])
+        for m in mids:
+            exact &= m[idx] == m[r0]
+        if not exact.all():                          # a signature collision: split the group
+            sel = (np.arange(len(r)) if sel is None else sel)[exact]
+            idx = sel
+        k0, s0 = int(kl[r0]), int(ks[r0])
+        key = bytes(u8[s0:s0 + k0]).decode("utf-8", errors="replace")
+        if sel is None:
+            todo[:] = False
+            recs, texts = _number_texts(u8, rec[r], vs, vl)
+        else:
+            todo[sel] = False
+            recs, texts = _number_texts(u8, rec[r[sel]], vs[sel], vl[sel])
         st.col(key, recs, texts)
 
 
@@ -439,7 +487,7 @@ def _number_texts(u8: np.ndarray, recs: np.ndarray, vs: np.ndarray, vl: np.ndarr
     parsed only if the key is used (see :func:`_parse_numbers`)."""
     lim = len(u8) - 1
     first = u8[np.minimum(vs, lim)]
-    num = np.isin(first, np.frombuffer(bytes(_NUMERIC_START), np.uint8)) & (vl > 0) & (vl <= MAX_VALUE)
+    num = _NUMERIC_LUT[first] & (vl > 0) & (vl <= MAX_VALUE)
     if not num.all():
         recs, vs, vl = recs[num], vs[num], vl[num]
     if not len(vs):
@@ -645,10 +693,12 @@ def _column(st: _State, key: str) -> tuple[np.ndarray, np.ndarray]:
         parts.append((np.asarray(r, np.int64), np.asarray(v, np.float64)))
     if not parts:
         return np.empty(0, np.int64), np.empty(0)
-    recs = np.concatenate([a for a, _ in parts])
-    vals = np.concatenate([b for _, b in parts])
-    order = np.argsort(recs, kind="stable")
-    return recs[order], vals[order]
+    recs = np.concatenate([a for a, _ in parts]) if len(parts) > 1 else parts[0][0]
+    vals = np.concatenate([b for _, b in parts]) if len(parts) > 1 else parts[0][1]
+    if len(recs) > 1 and not (recs[1:] >= recs[:-1]).all():
+        order = np.argsort(recs, kind="stable")
+        recs, vals = recs[order], vals[order]
+    return recs, vals
 
 
 def _dense(st: _State, key: str, fill: bool) -> np.ndarray:
