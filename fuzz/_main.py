@@ -19,6 +19,9 @@ def run(name: str) -> None:
         import lorascope.ingest.safetensors  # noqa: F401
         import lorascope.ingest.textlog  # noqa: F401
         import lorascope.ingest.trainer_state  # noqa: F401
+        import lorascope.ingest.wandb  # noqa: F401
+        import lorascope.ingest.mlflow  # noqa: F401
+        import lorascope.ingest.aitk  # noqa: F401
         try:
             import lorascope.ingest.tfevents  # noqa: F401
         except ImportError:

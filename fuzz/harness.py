@@ -157,6 +157,55 @@ _PNG = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010802000000907753de"
     "0000000c4944415408d763f8cfc000000301010018dd8db00000000049454e44ae426082")
 
+def wandb(data: bytes) -> None:
+    """A W&B record log: both decoding paths."""
+    from lorascope.ingest import wandb as m
+    p = _write("wandb/offline-run-1/run-fuzz.wandb", data)
+    _check_parsed(m.parse(p, p.name))
+    _check_parsed(m.parse(p, p.name, fast_path=False))
+
+
+def wandb_files(data: bytes) -> None:
+    """A W&B run's files/config.yaml (v even) or files/wandb-summary.json (v odd)."""
+    from lorascope.ingest import wandb as m
+    v, body = _split(data)
+    if v % 2 == 0:
+        p = _write("wandbrun/files/config.yaml", body)
+        _check_parsed(m.parse_config_yaml(p, "files/config.yaml"))
+    else:
+        p = _write("wandbrun/files/wandb-summary.json", body)
+        _check_parsed(m.parse_summary(p, "files/wandb-summary.json"))
+
+
+def mlflow(data: bytes) -> None:
+    """An MLflow run folder: the bytes as a metric file (v % 3 == 0), a param value (1)
+    or the run's meta.yaml (2)."""
+    from lorascope.ingest import mlflow as m
+    v, body = _split(data)
+    run = scratch() / "mlruns" / "1" / "run"
+    shutil.rmtree(run, ignore_errors=True)
+    (run / "metrics" / "train").mkdir(parents=True)
+    (run / "params").mkdir()
+    meta = b"run_id: run\nstatus: 3\n"
+    if v % 3 == 0:
+        (run / "metrics" / "train" / "loss").write_bytes(body)
+    elif v % 3 == 1:
+        (run / "metrics" / "loss").write_bytes(b"1 0.5 1\n")
+        (run / "params" / "learning_rate").write_bytes(body)
+        (run / "params" / "target_modules").write_bytes(body[:200])
+    else:
+        meta = body
+    (run / "meta.yaml").write_bytes(meta)
+    _check_parsed(m.parse(run / "meta.yaml", "mlruns/1/run/meta.yaml"))
+
+
+def aitk(data: bytes) -> None:
+    """ai-toolkit's loss_log.db (SQLite)."""
+    from lorascope.ingest import aitk as m
+    p = _write("output/x/loss_log.db", data)
+    _check_parsed(m.parse(p, "output/x/loss_log.db"))
+
+
 TARGETS = {
     "tfevents": tfevents,
     "safetensors": safetensors,
@@ -167,4 +216,8 @@ TARGETS = {
     "model_config": model_config,
     "dataset": dataset,
     "image": image,
+    "wandb": wandb,
+    "wandb_files": wandb_files,
+    "mlflow": mlflow,
+    "aitk": aitk,
 }

@@ -111,5 +111,48 @@ def main() -> None:
         pass
 
 
+def tracker_seeds() -> None:
+    """W&B record log, W&B run files, MLflow run files, ai-toolkit's loss_log.db."""
+    import sqlite3
+    import sys
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    import wandblog as WL
+    with tempfile.TemporaryDirectory() as d:
+        recs = [WL.config_record(1, [WL.item("learning_rate", "0.0002", nested=False),
+                                     WL.item("peft_config", '{"default": {"r": 8, "lora_alpha": 16}}')]),
+                WL.metric(2, name="train/global_step"),
+                WL.metric(3, glob="*", step_metric="train/global_step", sync=True)]
+        for s in range(1, 25):
+            recs.append(WL.history(3 + s, [WL.item("train/loss", repr(2 * math.exp(-s / 8))),
+                                           WL.item("train/global_step", str(s)), WL.item("_step", str(s - 1)),
+                                           WL.item("_timestamp", repr(1.7e9 + s)),
+                                           WL.item(["eval", "loss"], "NaN" if s == 7 else "1.5")], s - 1))
+        recs.append(WL.output(40, "torch.OutOfMemoryError: CUDA out of memory\n"))
+        recs.append(WL.history(41, [WL.item("pad", json.dumps("x" * 33000))], 30))   # spans blocks
+        put("wandb", "offline", WL.write(Path(d) / "r.wandb", recs).read_bytes())
+        db = Path(d) / "loss_log.db"
+        con = sqlite3.connect(str(db))
+        con.execute("CREATE TABLE steps (step INTEGER PRIMARY KEY, wall_time REAL NOT NULL)")
+        con.execute("CREATE TABLE metrics (step INTEGER NOT NULL, key TEXT NOT NULL, value_real REAL, "
+                    "value_text TEXT, PRIMARY KEY (step, key))")
+        for s in range(1, 30):
+            con.execute("INSERT INTO steps VALUES (?, ?)", (s, 1.7e9 + s))
+            con.execute("INSERT INTO metrics VALUES (?, 'loss/loss', ?, NULL)", (s, None if s == 9 else 1 / s))
+            con.execute("INSERT INTO metrics VALUES (?, 'learning_rate', 1e-4, NULL)", (s,))
+        con.commit()
+        con.close()
+        put("aitk", "loss_log", db.read_bytes())
+    put("wandb_files", "config.yaml", b"_wandb:\n  value:\n    cli_version: 0.31.0\nlearning_rate:\n"
+        b"  desc: null\n  value: 0.0002\nper_device_train_batch_size:\n  value: 4\n"
+        b"gradient_accumulation_steps:\n  value: 2\n", variant=0)
+    put("wandb_files", "summary.json", b'{"train/global_step": 100, "train/loss": 0.5, "_runtime": 12.5}',
+        variant=1)
+    put("mlflow", "metric", b"".join(b"%d %r %d\n" % (1700000000000 + s, 1 / s, s) for s in range(1, 30))
+        + b"1700000000999 nan 30\n", variant=0)
+    put("mlflow", "param", b"['q_proj', 'v_proj']", variant=1)
+    put("mlflow", "meta", b"artifact_uri: file:///x\nend_time: 1700000009000\nexperiment_id: '1'\n"
+        b"lifecycle_stage: active\nrun_id: run\nstart_time: 1700000000000\nstatus: 3\n", variant=2)
+
+
 if __name__ == "__main__":
     main()

@@ -35,25 +35,36 @@ PARSERS: dict[str, tuple[str, str]] = {
     "dataset_meta": ("lorascope.ingest.config", "parse_meta_json"),
     "model_config": ("lorascope.build", "parse_model_config"),
     "safetensors": ("lorascope.ingest.safetensors", "parse"),
+    "wandb": ("lorascope.ingest.wandb", "parse"),
+    "wandb_config": ("lorascope.ingest.wandb", "parse_config_yaml"),
+    "wandb_summary": ("lorascope.ingest.wandb", "parse_summary"),
+    "mlflow_run": ("lorascope.ingest.mlflow", "parse"),
+    "aitk_loss_log": ("lorascope.ingest.aitk", "parse"),
 }
-CURVE_KINDS = ("tfevents", "trainer_state", "trainer_log", "text_log")
+CURVE_KINDS = ("tfevents", "trainer_state", "trainer_log", "text_log", "wandb", "mlflow_run",
+               "aitk_loss_log")
 
 # Tag name -> role.  Order matters: the first pattern that matches wins, and among
 # several series of one role the builder lists preferred names first.
 ROLE_PATTERNS: list[tuple[str, re.Pattern]] = [
     # eval_<name>_loss: HF Trainer with a dict of eval datasets (eval/<name>_loss in TensorBoard)
     ("eval_loss", re.compile(r"^(eval|val|valid|validation|test)[/_]loss$|^loss/(val|validation|eval)$"
-                             r"|^(eval|val|valid|validation|test)[/_][^/]+[/_]loss$")),
-    ("train_loss", re.compile(r"^(train/)?loss$|^train[/_]loss$|^loss/(current|step|train)$|^training[/_]loss$")),
+                             r"|^(eval|val|valid|validation|test)[/_][^/]+[/_]loss$"
+                             r"|^loss/validation_step/total_average$")),      # OneTrainer
+    # loss/train_step: OneTrainer; loss/loss: ai-toolkit's UI logger and W&B logger
+    ("train_loss", re.compile(r"^(train/)?loss$|^train[/_]loss$|^loss/(current|step|train)$|^training[/_]loss$"
+                              r"|^loss/train_step$|^loss/loss$")),
     ("lr", re.compile(r"^(train/)?(learning_rate|lr)$|^lr/.+|^lr$")),
     ("grad_norm", re.compile(r"^(train/)?(grad_norm|gradient_norm|grad-norm)$|^grad_norm/.+")),
 ]
-RUNNING_AVERAGE_TAGS = {"loss/average", "loss/avr", "loss/moving_average"}
+RUNNING_AVERAGE_TAGS = {"loss/average", "loss/avr", "loss/moving_average",
+                        "smooth_loss/train_step"}     # OneTrainer's EMA of the loss
 EPOCH_TAGS = {"epoch", "train/epoch"}
 # kohya's per-epoch mean loss: older versions log `loss/epoch`, newer `loss/epoch_average`
 KOHYA_EPOCH_TAGS = {"loss/epoch", "loss/epoch_average"}
-TRAINER_RANK = {"kohya": 0, "lora-scripts": 0, "llamafactory": 1, "diffusers": 2, "hf-trainer": 3}
-SD_TRAINERS = {"kohya", "lora-scripts", "diffusers"}
+TRAINER_RANK = {"kohya": 0, "lora-scripts": 0, "ai-toolkit": 0, "onetrainer": 0, "simpletuner": 0,
+                "llamafactory": 1, "axolotl": 1, "diffusers": 2, "hf-trainer": 3}
+SD_TRAINERS = {"kohya", "lora-scripts", "diffusers", "ai-toolkit", "onetrainer", "simpletuner"}
 # the learning rate of adaptive optimizers (Prodigy, D-Adaptation) is a multiplier: kohya
 # logs their real step size as lr/d*lr
 ADAPTIVE_LR_TAG = re.compile(r"d\*lr", re.I)
@@ -403,7 +414,9 @@ def _main_layout(configs: list[Parsed], trainer: str) -> trainers.Layout | None:
         if lay is not None and lay.trainer is not None:
             return lay
     return trainers.by_name({"kohya": "kohya", "lora-scripts": "lora-scripts",
-                             "hf-trainer": "hf-trainer", "llamafactory": "llamafactory"}.get(trainer))
+                             "hf-trainer": "hf-trainer", "llamafactory": "llamafactory",
+                             "axolotl": "axolotl", "ai-toolkit": "ai-toolkit",
+                             "onetrainer": "onetrainer", "simpletuner": "simpletuner"}.get(trainer))
 
 
 def _implied(configs: list[Parsed], values: dict) -> dict[str, ConfigValue]:
@@ -605,7 +618,7 @@ def _assemble(run_dir: Path, name: str, share: _Share, *, latest: bool, rid: str
             seen.add(id(p.source))
             sources.append(p.source)
     sources.sort(key=lambda s: order.get(id(s), 1 << 30))
-    cut = tuple((s.path, prob) for s in sources if s.kind == "tfevents"
+    cut = tuple((s.path, prob) for s in sources if s.kind in ("tfevents", "wandb")
                 for prob in s.problems if "truncated" in prob)
     return Run(path=str(run_dir), name=name, trainer=trainer, task=task,
                sources=tuple(sources) + tuple(ds_sources), series=tuple(series), config=cfg,
@@ -732,8 +745,13 @@ def build_folder(run_dir: Path | str, *, jobs: int | None = None, progress: bool
     shares = [_Share(pieces=list(g)) for g in groups]
     owners = _owners([p for p in parsed if p not in piece_files], groups, run_dir)
     latest = len(shares) - 1
+    piece_ids = {id(p) for p in piece_files}
     for p in parsed:
-        if p in piece_files and p.source.kind != "text_log":
+        if id(p) in piece_ids and p.source.kind != "text_log":
+            if p.events:        # a curve file's own console (a W&B run's captured output)
+                i = next((k for k in range(latest, -1, -1)
+                          if any(pc.parsed.source is p.source for pc in shares[k].pieces)), latest)
+                shares[i].events.extend(p.events)
             continue
         if p.source.kind == "text_log":
             for i, evs in _split_events(p, len(shares)).items():
@@ -742,6 +760,8 @@ def build_folder(run_dir: Path | str, *, jobs: int | None = None, progress: bool
                 continue
         i = owners.get(id(p), latest)
         shares[i].parsed.append(p)
+        if p.events and p.source.kind != "text_log":
+            shares[i].events.extend(p.events)
     runs = [_assemble(run_dir, name, sh, latest=(i == latest), rid=f"run-{i + 1}", csvs=csvs,
                       jobs=jobs, progress=progress, order=order)
             for i, sh in enumerate(shares)]

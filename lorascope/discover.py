@@ -22,6 +22,14 @@ KINDS = (
     "dataset_csv",       # metadata.csv
     "dataset_meta",      # kohya fine-tuning metadata: meta_lat.json, meta_clean.json
     "image",
+    "wandb",             # W&B record log run-<id>.wandb (history, config, console)
+    "wandb_config",      # W&B files/config.yaml of a run ({key: {desc, value}})
+    "wandb_summary",     # W&B files/wandb-summary.json of a run
+    "wandb_internal",    # W&B's own logs and metadata (debug.log, requirements.txt, ...)
+    "mlflow_run",        # MLflow file store: meta.yaml of mlruns/<experiment>/<run>/
+    "mlflow_item",       # MLflow file store: metrics/params/tags files (read with their run)
+    "mlflow_meta",       # MLflow file store: an experiment's meta.yaml
+    "aitk_loss_log",     # ai-toolkit UI logger: loss_log.db (SQLite) in the training folder
     "other",
 )
 
@@ -31,7 +39,12 @@ CONFIG_JSON_NAMES = {"adapter_config.json", "training_args.json", "train_args.js
                      "training_config.json", "config_file.json"}
 RESULTS_NAMES = {"all_results.json", "train_results.json", "eval_results.json",
                  "predict_results.json", "test_results.json"}
-SKIP_DIRS = {".git", "__pycache__", ".ipynb_checkpoints", "node_modules", "wandb"}
+SKIP_DIRS = {".git", "__pycache__", ".ipynb_checkpoints", "node_modules", ".trash"}
+WANDB_RUN_FILE = re.compile(r"^run-[A-Za-z0-9_-]+\.wandb$")
+# what a W&B run directory holds beside its record log (wandb/sdk/lib/filenames.py)
+WANDB_INTERNAL = {"wandb-metadata.json", "requirements.txt", "conda-environment.yaml",
+                  "diff.patch", "wandb-resume.json", "debug.log", "debug-internal.log",
+                  "debug-core.log", "output.log.partial"}
 MAX_FILES = 200_000
 
 
@@ -48,6 +61,8 @@ def classify(rel: str) -> str:
     ext = os.path.splitext(low)[1]
     if low.startswith("events.out.tfevents"):
         return "tfevents"
+    if low.endswith(".wandb"):
+        return "wandb"
     if low == "trainer_state.json":
         return "trainer_state"
     if low == "trainer_log.jsonl":
@@ -56,8 +71,12 @@ def classify(rel: str) -> str:
         return "results"
     if low in CONFIG_JSON_NAMES:
         return "config"
+    if ext == ".json" and rel.lower().rsplit("/", 2)[-2:-1] == ["config"]:
+        return "config"         # SimpleTuner config/config.json, OneTrainer workspace/config/<time>.json
     if low == "config.json":
         return "model_config"
+    if low == "loss_log.db":
+        return "aitk_loss_log"
     if low in kohya.META_JSON_NAMES:
         return "dataset_meta"
     if ext in (".yaml", ".yml", ".toml"):
@@ -70,7 +89,7 @@ def classify(rel: str) -> str:
         return "dataset_csv"
     if ext in IMAGE_EXTS:
         return "image"
-    if ext == ".log" or low == "running_log.txt":
+    if ext == ".log" or low in ("running_log.txt", "log.txt"):
         return "text_log"
     if ext == ".txt" and re.search(r"(^|/)logs?/", rel.lower()):
         return "text_log"
@@ -121,6 +140,8 @@ def walk(run_dir: Path, max_files: int = MAX_FILES) -> tuple[list[Found], list[s
                     # read the whole disk before the loop check could stop it
                     problems.append(f"{rel}: link to an enclosing directory, not followed")
                     continue
+                if e.name == "latest-run" and e.is_symlink():
+                    continue        # W&B's link to its newest run, walked under its own name
                 if e.name not in SKIP_DIRS:
                     subdirs.append((Path(e.path), rel))
             elif is_file:
@@ -131,7 +152,71 @@ def walk(run_dir: Path, max_files: int = MAX_FILES) -> tuple[list[Found], list[s
             elif e.is_symlink():
                 problems.append(f"{rel}: broken link")
         stack.extend(reversed(subdirs))
-    return found, problems
+    return refine(found), problems
+
+
+def _parent(rel: str) -> str:
+    return rel.rsplit("/", 1)[0] if "/" in rel else ""
+
+
+def _join(d: str, name: str) -> str:
+    return f"{d}/{name}" if d else name
+
+
+def refine(found: list[Found]) -> list[Found]:
+    """Kinds only a file's neighbours tell: the files of a W&B run directory (a folder
+    holding ``run-<id>.wandb``, or ``files/wandb-summary.json`` / ``wandb-metadata.json``)
+    and of an MLflow file-store run (a folder holding ``meta.yaml`` and ``metrics/`` or
+    ``params/``)."""
+    rels = {f.rel for f in found}
+    wandb_runs: set[str] = set()
+    mlflow_runs: set[str] = set()
+    for f in found:
+        name = f.rel.rsplit("/", 1)[-1]
+        d = _parent(f.rel)
+        if WANDB_RUN_FILE.match(name):
+            wandb_runs.add(d)
+        elif name in ("wandb-summary.json", "wandb-metadata.json") and d.rsplit("/", 1)[-1] == "files":
+            wandb_runs.add(_parent(d))
+        parts = f.rel.split("/")
+        for i in range(len(parts) - 1):
+            if parts[i] in ("metrics", "params"):
+                run = "/".join(parts[:i])
+                if _join(run, "meta.yaml") in rels and run.rsplit("/", 1)[-1] != "models":
+                    mlflow_runs.add(run)
+                break
+    if not wandb_runs and not mlflow_runs and "mlruns/" not in "".join(f.rel[:200] for f in found[:1000]):
+        return found
+    experiments = {_parent(r) for r in mlflow_runs if r}
+    out = []
+    for f in found:
+        kind = f.kind
+        d = _parent(f.rel)
+        name = f.rel.rsplit("/", 1)[-1]
+        if d in wandb_runs or _parent(d) in wandb_runs:
+            run = d if d in wandb_runs else _parent(d)
+            sub = f.rel[len(run) + 1:] if run else f.rel
+            if name in WANDB_INTERNAL or sub.startswith(("logs/", "tmp/")):
+                kind = "wandb_internal"
+            elif sub == "files/config.yaml":
+                kind = "wandb_config"
+            elif sub == "files/wandb-summary.json":
+                kind = "wandb_summary"
+        elif name in ("debug.log", "debug-internal.log") and d.rsplit("/", 1)[-1] == "wandb":
+            kind = "wandb_internal"
+        if mlflow_runs:
+            if name == "meta.yaml" and d in mlflow_runs:
+                kind = "mlflow_run"
+            parts = f.rel.split("/")
+            for i in range(len(parts) - 1):
+                if parts[i] in ("metrics", "params", "tags") and "/".join(parts[:i]) in mlflow_runs:
+                    kind = "mlflow_item"
+                    break
+        if name == "meta.yaml" and kind != "mlflow_run" and (
+                d in experiments or _parent(d).rsplit("/", 1)[-1] == "mlruns"):
+            kind = "mlflow_meta"
+        out.append(Found(f.path, f.rel, kind) if kind != f.kind else f)
+    return out
 
 
 def _encloses(target: str, root: str) -> bool:

@@ -40,6 +40,7 @@ EXTRA_CONFIG_KEYS = (
     "metadata_path",       # lora-scripts: the metadata.csv of the images
     "val_size", "max_samples",  # LLaMA-Factory: held-out share, record cap
     "base_model_name",     # a model named only by its file name (kohya ss_sd_model_name)
+    "sample_packing",      # axolotl: several samples packed per sequence (no step count)
 )
 
 

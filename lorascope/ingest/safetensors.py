@@ -44,7 +44,7 @@ import numpy as np
 from lorascope.ingest import _lycoris
 from lorascope.ingest._tensorscan import NUMPY_DTYPES, Job, TensorInfo, pair, read_small, scalar, scan
 from lorascope.model import Checkpoint, Module, Parsed, Source, TensorStat
-from lorascope.trainers import hf_trainer, kohya
+from lorascope.trainers import ai_toolkit, hf_trainer, kohya, onetrainer
 
 KIND = "safetensors"
 MAX_HEADER = 100 * 1024 * 1024        # a header longer than this is refused
@@ -385,6 +385,16 @@ def load_adapter_config(path: Path, problems: _Problems | None = None) -> dict |
     return d if isinstance(d, dict) else None
 
 
+def _json_meta(raw) -> Any:
+    """A JSON value stored as a metadata string (small ones only), else None."""
+    if not isinstance(raw, str) or len(raw) > 65536:
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+
+
 # -- step / epoch from the path ------------------------------------------------------
 
 def step_from_path(rel: str, fmt: str) -> tuple[int | None, int | None]:
@@ -397,6 +407,12 @@ def step_from_path(rel: str, fmt: str) -> tuple[int | None, int | None]:
     if stem.lower().endswith(".safetensors"):
         stem = stem[: -len(".safetensors")]
     m = STEP_NAME_RE.search(stem)
+    if m:
+        return int(m.group(1)), None
+    m = onetrainer.SAVE_FILE_RE.search(stem)           # <time>-save-<step>-<epoch>-<epoch step>
+    if m:
+        return int(m.group(1)), int(m.group(2))
+    m = ai_toolkit.SAVE_FILE_RE.search(stem)           # <name>_000000250
     if m:
         return int(m.group(1)), None
     if fmt == "kohya":
@@ -576,6 +592,10 @@ def _read(path: Path, rel: str, adapter_config: dict | None, stats_budget: int) 
             step = ss_steps
         if ss_epoch is not None and epoch is None:
             epoch = ss_epoch
+    if step is None and "training_info" in h.metadata:  # ai-toolkit: {"step": N, "epoch": E}
+        info = _json_meta(h.metadata.get("training_info"))
+        if isinstance(info, dict) and isinstance(info.get("step"), int) and 0 < info["step"] < 2 ** 62:
+            step = info["step"]
     ck.step = step
     if epoch is not None:
         facts["checkpoint_epoch"] = epoch

@@ -480,6 +480,28 @@ def parse(path: Path, rel: str) -> Parsed:
     return parsed
 
 
+def read_lines(lines, rel: str) -> tuple[list[LogEvent], list[ConfigValue], dict]:
+    """Events, banner values and facts (``planned_steps``, ``train_views``, ``trainer``)
+    of console text another container holds (a W&B run's captured output): the same
+    line parser as :func:`parse`, no curves (the container has its own)."""
+    st = _State(rel)
+    for lineno, raw in enumerate(lines, 1):
+        line = _clean(raw[:MAX_LINE])
+        if line.strip():
+            st.line(lineno, line)
+    st.finish()
+    facts: dict = {}
+    planned = st.planned if st.planned is not None else st.bar_total
+    if planned:
+        facts["planned_steps"] = planned
+    if st.views:
+        facts["train_views"] = st.views
+    if st.trainer:
+        facts["trainer"] = st.trainer
+    config = [ConfigValue(key, v, rel, orig) for key, (v, orig) in st.shape.items() if v > 0]
+    return sorted(st.ev.events, key=lambda e: e.line), config, facts
+
+
 def _interval(saves: list[tuple[int, int]], log_steps: int | None, planned: int | None,
               n_train: int, finished: bool) -> tuple[int, str] | None:
     """The logging interval: printed (``logging_steps=10``), else the one that makes

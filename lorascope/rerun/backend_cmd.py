@@ -47,9 +47,12 @@ from lorascope.rerun.plan import Plan, RerunError
 
 
 def _config_source(run) -> tuple[Path, str]:
+    # a trainer's own config file; not a tracker's record of the run (W&B, MLflow)
+    configs = {s.path for s in run.sources if s.kind == "config"}
     for key in ("learning_rate", "base_model", "max_steps", "epochs"):
         o = run.config.origins.get(key)
-        if o is not None and o.file and not o.derived and not o.file.endswith("adapter_config.json"):
+        if o is not None and o.file and not o.derived and not o.file.endswith("adapter_config.json") \
+                and o.file in configs:
             p = Path(run.path) / o.file
             if p.is_file() and p.suffix.lower() in (".yaml", ".yml", ".toml", ".json"):
                 return p, o.file
@@ -83,14 +86,12 @@ def _absolutize(edit: trainers.Edit, keys: tuple[str, ...], bases: list[Path]) -
         k = edit.find(name)
         if k is None:
             continue
-        node = edit.doc
-        for p in k.split(".")[:-1]:
-            node = node[p]
-        v = node[k.split(".")[-1]]
+        v = trainers._walk(edit.doc, k.split("."))
         if isinstance(v, str) and v and not os.path.isabs(v):
             for b in bases:
                 if (b / v).exists():
-                    node[k.split(".")[-1]] = str((b / v).resolve())
+                    edit.set(k, str((b / v).resolve()))
+                    edit.touched.pop()
                     break
 
 

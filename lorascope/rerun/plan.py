@@ -189,6 +189,15 @@ def make_plan(analysis, *, rule_id: str | None = None, from_step: int | None = N
     else:
         cut = {Path(run.path) / c.path for c in run.checkpoints if c.truncated}
         found = [c for c in found if not any(m == c.path or c.path in m.parents for m in cut)]
+    # saves the run's files name by step (ai-toolkit's `<name>_000000250`, OneTrainer's
+    # `-save-<step>-...`, metadata steps): adapter weights only
+    have = {c.step for c in found}
+    for c in run.checkpoints:
+        p = run_dir / c.path
+        if c.step and c.step not in have and not c.truncated and p.is_file() and not run.others:
+            found.append(CheckpointRef(int(c.step), p, kind="safetensors"))
+            have.add(c.step)
+    found.sort(key=lambda c: c.step)
     ckpt = choose_checkpoint(found, onset, from_step)
     notes: list[str] = []
     if ckpt is None:

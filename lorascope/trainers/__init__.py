@@ -69,9 +69,12 @@ __all__ = ["DataCount", "Edit", "Key", "Layout", "Plan", "by_name", "detect", "l
 
 
 def _layouts() -> list[Layout]:
-    from lorascope.trainers import accelerate, diffusers, hf_trainer, kohya, llamafactory, lora_scripts, peft
+    from lorascope.trainers import (accelerate, ai_toolkit, axolotl, diffusers, hf_trainer, kohya,
+                                    llamafactory, lora_scripts, onetrainer, peft, simpletuner)
     # detection order: the first layout whose detect() holds reads the file
-    return [kohya.DATASET, peft.LAYOUT, accelerate.LAYOUT, lora_scripts.TOML, kohya.LAYOUT,
+    # (axolotl's YAML has a `datasets` list too: its stricter test comes before kohya's)
+    return [ai_toolkit.LAYOUT, onetrainer.LAYOUT, simpletuner.LAYOUT, axolotl.LAYOUT,
+            kohya.DATASET, peft.LAYOUT, accelerate.LAYOUT, lora_scripts.TOML, kohya.LAYOUT,
             lora_scripts.YAML, llamafactory.LAYOUT, hf_trainer.LAYOUT, diffusers.LAYOUT]
 
 
@@ -115,8 +118,11 @@ class Edit:
     touched: list[str] = field(default_factory=list)
 
     def find(self, name: str) -> str | None:
-        """Dotted key of `name` at top level or in one section."""
+        """Dotted key of `name` at top level or in one section; a dotted path (list
+        items by index: ``config.process.0.train.lr``) when the document holds it."""
         if name in self.doc:
+            return name
+        if "." in name and _walk(self.doc, name.split(".")) is not None:
             return name
         for k, v in self.doc.items():
             if isinstance(v, dict) and name in v:
@@ -125,13 +131,19 @@ class Edit:
 
     def set(self, dotted: str, value: Any) -> None:
         parts = dotted.split(".")
-        node = self.doc
+        node: Any = self.doc
         for p in parts[:-1]:
+            if isinstance(node, list):
+                node = node[int(p)]
+                continue
             nxt = node.get(p)
-            if not isinstance(nxt, dict):
+            if not isinstance(nxt, (dict, list)):
                 nxt = node[p] = {}
             node = nxt
-        node[parts[-1]] = value
+        if isinstance(node, list):
+            node[int(parts[-1])] = value
+        else:
+            node[parts[-1]] = value
         self.touched.append(dotted)
 
     def put(self, name: str, value: Any) -> None:
@@ -143,7 +155,19 @@ class Edit:
         if k is None:
             return
         parts = k.split(".")
-        node = self.doc
-        for p in parts[:-1]:
+        node = _walk(self.doc, parts[:-1])
+        if isinstance(node, dict):
+            node.pop(parts[-1], None)
+
+
+def _walk(doc: Any, parts: list[str]) -> Any:
+    """The node at a dotted path (dict keys, list indices), or None."""
+    node = doc
+    for p in parts:
+        if isinstance(node, dict) and p in node:
             node = node[p]
-        node.pop(parts[-1], None)
+        elif isinstance(node, list) and p.isdigit() and int(p) < len(node):
+            node = node[int(p)]
+        else:
+            return None
+    return node

@@ -65,6 +65,10 @@ test_textlog = _case("textlog")
 test_model_config = _case("model_config")
 test_dataset = _case("dataset")
 test_image = _case("image")
+test_wandb = _case("wandb")
+test_wandb_files = _case("wandb_files")
+test_mlflow = _case("mlflow")
+test_aitk = _case("aitk")
 
 
 json_value = st.recursive(

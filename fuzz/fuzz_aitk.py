@@ -1,0 +1,12 @@
+"""atheris harness: lorascope's aitk parser on arbitrary bytes (see fuzz/harness.py).
+
+    .venv/bin/python fuzz/fuzz_aitk.py fuzz/corpus/aitk/queue fuzz/seeds/aitk -max_total_time=60
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+if __name__ == "__main__":
+    from _main import run
+    run("aitk")

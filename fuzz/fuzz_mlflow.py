@@ -1,0 +1,12 @@
+"""atheris harness: lorascope's mlflow parser on arbitrary bytes (see fuzz/harness.py).
+
+    .venv/bin/python fuzz/fuzz_mlflow.py fuzz/corpus/mlflow/queue fuzz/seeds/mlflow -max_total_time=60
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+if __name__ == "__main__":
+    from _main import run
+    run("mlflow")
