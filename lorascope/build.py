@@ -8,7 +8,6 @@ config names.  Everything downstream reads only the :class:`~lorascope.model.Run
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import re
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from lorascope import discover
+from lorascope.ingest import _json
 from lorascope.model import Config, Parsed, RawSeries, Run, Series, Source, StepInfo
 
 # kind -> (module, function) of the parser that reads it
@@ -59,7 +59,7 @@ def parse_model_config(path: Path, rel: str) -> Parsed:
         if path.stat().st_size > 4_000_000:
             src.problems.append("larger than 4 MB, not read")
             return out
-        data = json.loads(path.read_text(encoding="utf-8-sig", errors="replace"))
+        data = _json.loads(path.read_text(encoding="utf-8-sig", errors="replace"))
     except (OSError, ValueError) as e:
         src.problems.append(f"not valid JSON ({str(e)[:80]})")
         return out

@@ -31,6 +31,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from lorascope.ingest import _json
 from lorascope.model import ConfigValue, Parsed, Source
 
 MAX_BYTES = 4 * 1024 * 1024        # a training config is a few KB; refuse anything huge
@@ -140,19 +141,23 @@ def _read_document(path: Path, rel: str, problems: list[str]) -> Any:
     ext = os.path.splitext(rel.lower())[1]
     try:
         if ext == ".toml":
-            return tomllib.loads(text)
+            return _json.check_depth(tomllib.loads(text))
         if ext in (".yaml", ".yml"):
-            return _load_yaml(text)
+            return _json.check_depth_shared(_load_yaml(text))
         if ext == ".json":
             # Python's json accepts bare NaN / Infinity, as HF writes them.
-            return json.loads(text)
+            return _json.loads(text)
         # unknown extension classified as config: try JSON, then YAML
         try:
-            return json.loads(text)
+            return _json.loads(text)
+        except _json.NestedTooDeep:
+            raise
         except ValueError:
-            return _load_yaml(text)
+            return _json.check_depth_shared(_load_yaml(text))
     except _Refused as e:
         problems.append(str(e))
+    except _json.NestedTooDeep as e:
+        problems.append(f"{e}, not read")
     except tomllib.TOMLDecodeError as e:
         problems.append(f"invalid TOML: {_short(e)}")
     except yaml.constructor.ConstructorError as e:
@@ -529,7 +534,7 @@ def _llamafactory_files(names: list[str], ddir: str | None, path: Path, rel: str
         f = b / "dataset_info.json"
         try:
             if f.is_file() and f.stat().st_size <= MAX_BYTES:
-                loaded = json.loads(f.read_text(encoding="utf-8-sig", errors="replace"))
+                loaded = _json.loads(f.read_text(encoding="utf-8-sig", errors="replace"))
                 if isinstance(loaded, dict):
                     info = loaded
                     break
@@ -695,7 +700,7 @@ def _meta_json(meta: dict[str, str], key: str) -> Any:
     if not isinstance(raw, str) or not raw or len(raw) > MAX_META_JSON:
         return None
     try:
-        return json.loads(raw)
+        return _json.loads(raw)
     except (ValueError, RecursionError):
         return None
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from lorascope.discover import IMAGE_EXTS, walk
+from lorascope.ingest import _json
 from lorascope.model import DataItem, Dataset, Source
 
 # -- limits ----------------------------------------------------------------------------
@@ -549,7 +550,9 @@ def _iter_jsonl(fh, enc: str) -> Iterator[tuple[int, Any, int | None, str | None
         if not line.strip():
             continue
         try:
-            yield lineno, json.loads(line.decode(enc, errors="replace")), None, None
+            yield lineno, _json.loads(line.decode(enc, errors="replace")), None, None
+        except _json.NestedTooDeep as e:
+            yield lineno, None, None, str(e)
         except (json.JSONDecodeError, LookupError) as e:
             yield lineno, None, None, f"invalid JSON ({_short(e)})"
 
@@ -591,8 +594,11 @@ def _iter_json_stream(path: Path, enc: str) -> Iterator[tuple[int, Any, int | No
                 return
             while True:
                 try:
-                    obj, end = dec.raw_decode(buf, pos)
+                    obj, end = _json.raw_decode(dec, buf, pos)
                     break
+                except _json.NestedTooDeep as e:     # its end is unknown: stop here
+                    yield n + 1, None, None, f"{e}; the rest of the file was not read"
+                    return
                 except json.JSONDecodeError as e:
                     if eof or len(buf) - pos > MAX_RECORD_BYTES or not fill():
                         msg = ("record too large to parse" if len(buf) - pos > MAX_RECORD_BYTES
@@ -645,7 +651,7 @@ def load_text_dataset(path: Path, run_dir: Path, cutoff_len: int | None = None
     jsonl = False
     if not head.startswith("[") and enc != "utf-16":
         try:
-            jsonl = isinstance(json.loads(_decode(first_line, enc, bom)), dict)
+            jsonl = isinstance(_json.loads(_decode(first_line, enc, bom)), dict)
         except (json.JSONDecodeError, ValueError):
             jsonl = False
     if jsonl and len(sample) == len(first_line) and not path.suffix.lower() == ".jsonl":
@@ -653,6 +659,7 @@ def load_text_dataset(path: Path, run_dir: Path, cutoff_len: int | None = None
 
     total = 0
     invalid: list[int] = []
+    nested: list[int] = []
     fh = None
     try:
         if jsonl:
@@ -665,6 +672,9 @@ def load_text_dataset(path: Path, run_dir: Path, cutoff_len: int | None = None
             if err is not None:
                 if err.startswith("invalid JSON"):
                     invalid.append(idx)
+                    continue
+                if err.startswith("nested more than"):
+                    nested.append(idx)
                     continue
                 ds.items.append(DataItem(file=shown, index=idx, length=chars,
                                          tokens=None if chars is None else
@@ -691,6 +701,11 @@ def load_text_dataset(path: Path, run_dir: Path, cutoff_len: int | None = None
     finally:
         if fh is not None:
             fh.close()
+    if nested:
+        where = "lines" if jsonl else "records"
+        ds.problems.append(f"{len(nested)} {where} with JSON nested more than {_json.MAX_DEPTH} levels "
+                           f"deep, not read (first: {', '.join(map(str, nested[:5]))})"
+                           + ("; the rest of the file was not read" if not jsonl else ""))
     if invalid:
         where = "lines" if jsonl else "records"
         ds.problems.append(f"{len(invalid)} {where} not readable as a sample "
@@ -698,6 +713,6 @@ def load_text_dataset(path: Path, run_dir: Path, cutoff_len: int | None = None
     if total > MAX_TEXT_ITEMS:
         ds.problems.append(f"{total} records: items kept for the first {MAX_TEXT_ITEMS} "
                            "and for every flagged record")
-    ds.records = total - len(invalid)
+    ds.records = total - len(invalid) - len(nested)
     src.records = total
     return ds, src

@@ -8,13 +8,13 @@ depending on the stage, ``eval_loss``, ``predict_loss``, ``reward``, ``accuracy`
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lorascope.ingest import _json
 from lorascope.ingest._lines import MAX_LINE, ProblemLog, ReadStats, iter_lines, read_bounded
 from lorascope.ingest._lines import json_int as _int
 from lorascope.ingest._lines import json_number as _num
@@ -63,8 +63,11 @@ def parse(path: Path, rel: str) -> Parsed:
                 bad.add(f"line {lineno}: longer than {MAX_LINE} characters, skipped")
                 continue
             try:
-                obj = json.loads(line)
-            except (ValueError, RecursionError):
+                obj = _json.loads(line)
+            except _json.NestedTooDeep as e:
+                bad.add(f"line {lineno}: {e}")
+                continue
+            except ValueError:
                 bad.add(f"line {lineno}: not a JSON object (truncated or garbage)")
                 continue
             if not isinstance(obj, dict):
@@ -140,8 +143,11 @@ def parse_results(path: Path, rel: str) -> Parsed:
     if raw is None:
         return parsed
     try:
-        obj = json.loads(raw.decode("utf-8-sig", errors="replace"))
-    except (ValueError, RecursionError) as e:
+        obj = _json.loads(raw.decode("utf-8-sig", errors="replace"))
+    except _json.NestedTooDeep as e:
+        src.problems.append(f"{e}: not read")
+        return parsed
+    except ValueError as e:
         src.problems.append(f"not valid JSON ({str(e)[:120]})")
         return parsed
     if not isinstance(obj, dict):

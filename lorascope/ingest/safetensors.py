@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from lorascope.ingest import _lycoris
+from lorascope.ingest import _json, _lycoris
 from lorascope.ingest._tensorscan import NUMPY_DTYPES, Job, TensorInfo, pair, read_small, scalar, scan
 from lorascope.model import Checkpoint, Module, Parsed, Source, TensorStat
 
@@ -158,12 +158,12 @@ def read_header(path: Path, problems: _Problems) -> Header:
         problems.add(f"cannot read file ({e.strerror})")
         return h
     try:
-        doc = json.loads(raw.decode("utf-8"))
+        doc = _json.loads(raw.decode("utf-8"))
+    except _json.NestedTooDeep as e:
+        problems.add(f"header is not valid JSON ({e})")
+        return h
     except (UnicodeDecodeError, ValueError) as e:
         problems.add(f"header is not valid JSON ({str(e)[:80]})")
-        return h
-    except RecursionError:
-        problems.add("header is not valid JSON (nested too deeply)")
         return h
     if not isinstance(doc, dict):
         problems.add("header is not a JSON object")
@@ -332,7 +332,7 @@ class _AlphaSource:
         raw = metadata.get("lora_adapter_metadata")
         if raw is not None:
             try:
-                d = json.loads(raw)
+                d = _json.loads(raw)
             except ValueError:
                 d = None
                 problems.add("metadata lora_adapter_metadata is not valid JSON: alpha unknown")
@@ -370,8 +370,8 @@ def load_adapter_config(path: Path, problems: _Problems | None = None) -> dict |
             if problems:
                 problems.add("adapter_config.json beside the file is too large: ignored")
             return None
-        d = json.loads(cfg.read_text(encoding="utf-8-sig", errors="replace"))
-    except (OSError, ValueError, RecursionError):
+        d = _json.loads(cfg.read_text(encoding="utf-8-sig", errors="replace"))
+    except (OSError, ValueError):
         if problems:
             problems.add("adapter_config.json beside the file cannot be read: alpha unknown")
         return None

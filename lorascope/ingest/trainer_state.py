@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from lorascope.ingest import _json
 from lorascope.ingest._lines import ProblemLog, read_bounded
 from lorascope.ingest._lines import json_int as _int
 from lorascope.ingest._lines import json_number as _num
@@ -43,7 +44,7 @@ def _salvage(text: str) -> dict:
     out: dict[str, Any] = {}
     for m in TOP_SCALAR_RE.finditer(text):
         try:
-            out[m.group(1)] = json.loads(m.group(2))
+            out[m.group(1)] = _json.loads(m.group(2))
         except ValueError:
             pass
     i = text.find('"log_history"')
@@ -60,7 +61,7 @@ def _salvage(text: str) -> dict:
                 if pos >= n or text[pos] == "]":
                     break
                 try:
-                    obj, pos = dec.raw_decode(text, pos)
+                    obj, pos = _json.raw_decode(dec, text, pos)
                 except ValueError:
                     break
                 entries.append(obj)
@@ -83,14 +84,14 @@ def parse(path: Path, rel: str) -> Parsed:
     if "\ufffd" in text:
         problems.add("bytes that are not UTF-8 (replaced)")
     try:
-        state = json.loads(text)
+        state = _json.loads(text)
+    except _json.NestedTooDeep as e:
+        src.problems.append(f"{e}: not read")
+        return parsed
     except ValueError as e:
         state = _salvage(text)
         n = len(state.get("log_history", []))
         src.problems.append(f"not valid JSON ({str(e)[:120]}); salvaged {n} log_history entries")
-    except RecursionError:
-        src.problems.append("JSON nested too deeply")
-        return parsed
     if not isinstance(state, dict):
         src.problems.append(f"top level is {type(state).__name__}, not an object")
         return parsed
