@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
+import hashlib
 import io
 from pathlib import Path
+from urllib.parse import quote
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
 from lorascope import __version__
 from lorascope.report import charts
+from lorascope.report.paths import write_report
 from lorascope.rules.registry import data_dir
 
 MAX_THUMBS = 24
@@ -20,6 +23,16 @@ def _env() -> Environment:
     return Environment(loader=FileSystemLoader(str(data_dir("reports/templates"))),
                        autoescape=select_autoescape(["html", "j2"], default=True),
                        trim_blocks=True, lstrip_blocks=True)
+
+
+def _script(*names: str) -> tuple[Markup, str]:
+    """The page's own JavaScript (files beside the templates) and its CSP source: the
+    pages allow exactly this script by hash, so no inline handler and no ``javascript:``
+    link can run, whatever a string from the data managed to become."""
+    folder = data_dir("reports/templates")
+    js = "\n".join((folder / n).read_text(encoding="utf-8") for n in names)
+    digest = base64.b64encode(hashlib.sha256(js.encode("utf-8")).digest()).decode()
+    return Markup(js), f"sha256-{digest}"
 
 
 def _fmt(v) -> str:
@@ -159,29 +172,42 @@ def render_html(a, doc: dict) -> str:
         "generated": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "rule_errors": a.rule_errors[::2],
     }
+    ctx["script"], ctx["script_hash"] = _script("filters.js", "sortable.js")
     return _env().get_template("report.html.j2").render(**ctx)
 
 
-def write_html(a, doc: dict, target: Path) -> Path:
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(render_html(a, doc), encoding="utf-8", errors="replace")  # lone surrogates: non-UTF-8 names
-    return target
+def write_html(a, doc: dict, target: Path, run_dirs: list | None = None) -> Path:
+    """Render and write the report (see :func:`~lorascope.report.paths.write_report`:
+    never into a run directory or through a link to one of its files).  Raises
+    ReportWriteError with a one-line reason."""
+    return write_report(Path(target), render_html(a, doc),
+                        run_dirs if run_dirs is not None else [a.run.path])
 
 
-def write_index(docs: list[dict], htmls: list[str | None], target: Path) -> Path:
+def _href(report: str | None, index: Path) -> str | None:
+    """A link from the index to a report: a relative path (``./name.html``), escaped,
+    never a URL scheme, whatever the run folder was called."""
+    if not report:
+        return None
+    p = Path(report)
+    if p.parent.resolve() != index.parent.resolve():
+        return None                           # only reports written beside the index
+    return "./" + quote(p.name, safe="")
+
+
+def write_index(docs: list[dict], htmls: list[str | None], target: Path,
+                errors: list[dict] = (), run_dirs: list | None = None) -> Path:
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for d, h in zip(docs, htmls):
         top = d["findings"][0] if d["findings"] else None
         rows.append({"path": d["run"]["path"], "trainer": d["run"]["trainer"], "verdict": d["verdict"],
                      "steps": d["run"]["steps"], "n": len(d["findings"]),
-                     "top": top, "href": Path(h).name if h else None,
+                     "top": top, "href": _href(h, target),
                      "counts": {s: sum(1 for f in d["findings"] if f["severity"] == s)
                                 for s in ("critical", "warning", "info")}})
+    script, script_hash = _script("sortable.js")
     html = _env().get_template("index.html.j2").render(
-        rows=rows, version=__version__,
+        rows=rows, errors=list(errors), version=__version__, script=script, script_hash=script_hash,
         generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
-    target.write_text(html, encoding="utf-8", errors="replace")
-    return target
+    return write_report(target, html, list(run_dirs or [d["run"]["path"] for d in docs]))
