@@ -6,8 +6,13 @@ The file is a sequence of TFRecord frames::
 
 and each ``data`` is a serialized ``tensorboard.compat.proto.event_pb2.Event``.
 
-We read the framing ourselves, in chunks (memory follows the scalars kept, not the file
-size), and decode each record in one of two ways:
+We read the framing ourselves, in chunks, with plain reads (a memory map would kill the
+process with SIGBUS if the file shrank while read; reads are as fast here), and decode
+each record in one of two ways.  Memory follows the scalars kept, not the file size: 24
+bytes a point, columns that grow geometrically from 4 points (a tag seen once costs
+about 200 bytes, not a preallocated block), and at most :data:`MAX_TAGS` tags a file
+(one 4.5 MB record can name 300,000 tags; the rest are counted in a problem).  The
+decoding:
 
 * a **fast path** that recognises, with numpy over a whole chunk at once, the byte
   layout ``SummaryWriter.add_scalar`` (torch, tensorboardX, tensorboard) writes::
@@ -36,7 +41,6 @@ failing it is skipped and counted.
 """
 from __future__ import annotations
 
-import mmap
 import os
 import struct
 from pathlib import Path
@@ -47,9 +51,11 @@ from tensorboard.compat.proto import event_pb2, types_pb2
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import CRC_TABLE
 
 from lorascope.model import Parsed, RawSeries, Source
+from lorascope.safe_open import open_file
 
 MAX_RECORD = 64 << 20          # bytes; a longer length field is treated as corruption
 CHUNK = 1 << 20                # bytes read at a time
+MAX_TAGS = 10_000              # scalar tags kept per file; values of further tags are dropped
 _HEADER = 12                   # uint64 length + uint32 crc
 _FRAME = 16                    # header + trailing data crc
 
@@ -107,15 +113,16 @@ class _Acc:
 
     def __init__(self) -> None:
         self.n = 0
-        self.steps = np.empty(256, np.int64)
-        self.values = np.empty(256, np.float64)
-        self.walls = np.empty(256, np.float64)
+        self.steps = np.empty(4, np.int64)
+        self.values = np.empty(4, np.float64)
+        self.walls = np.empty(4, np.float64)
 
     def extend(self, steps, values, walls) -> None:
         k = len(steps)
         need = self.n + k
         if need > len(self.steps):
-            cap = max(need, len(self.steps) + len(self.steps) // 4)
+            have = len(self.steps)
+            cap = max(need, 2 * have if have < 4096 else have + have // 4)
             # realloc (mremap for large blocks): no copy and no 2x peak while growing
             for arr in (self.steps, self.values, self.walls):
                 arr.resize(cap, refcheck=False)
@@ -138,10 +145,18 @@ class _State:
         self.bad_data_crc = 0
         self.records = 0
         self.facts: dict = {}
+        self.dropped: set[str] = set()       # tags past MAX_TAGS (their names, up to a bound)
+        self.dropped_count = 0
 
-    def acc(self, tag: str) -> _Acc:
+    def acc(self, tag: str) -> _Acc | None:
         a = self.accs.get(tag)
         if a is None:
+            if len(self.accs) >= MAX_TAGS:
+                if tag not in self.dropped:
+                    self.dropped_count += 1
+                    if len(self.dropped) < MAX_TAGS:
+                        self.dropped.add(tag)
+                return None
             a = self.accs[tag] = _Acc()
         return a
 
@@ -158,7 +173,7 @@ def parse(path: Path, rel: str, *, verify_data_crc: bool = False,
     src = Source(path=rel, kind="tfevents")
     st = _State()
     try:
-        f = open(path, "rb")
+        f = open_file(path)
     except OSError as e:
         src.problems.append(f"cannot open: {e.strerror or e}")
         return Parsed(source=src)
@@ -171,6 +186,9 @@ def parse(path: Path, rel: str, *, verify_data_crc: bool = False,
         src.problems.append(f"{st.undecodable} records could not be decoded")
     if st.bad_data_crc:
         src.problems.append(f"{st.bad_data_crc} records failed the data CRC check")
+    if st.dropped_count:
+        src.problems.append(f"more than {MAX_TAGS} scalar tags: {st.dropped_count}"
+                            f"{'+' if len(st.dropped) >= MAX_TAGS else ''} further tags not read")
     src.records = st.records
     series = []
     for tag, acc in st.accs.items():
@@ -180,38 +198,9 @@ def parse(path: Path, rel: str, *, verify_data_crc: bool = False,
     return Parsed(source=src, series=series, facts=st.facts)
 
 
-class _MmapWindows:
-    """Windows of the file through mmap; pages already parsed are dropped from RSS."""
-
-    def __init__(self, f, size: int) -> None:
-        self.size = size
-        self.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        self.mv = memoryview(self.mm)
-        self.dropped = 0
-
-    def window(self, base: int, want: int) -> tuple[memoryview, bool]:
-        end = min(self.size, base + want)
-        return self.mv[base:end], end >= self.size
-
-    def advance(self, base: int) -> None:
-        upto = base - base % mmap.PAGESIZE
-        if upto - self.dropped >= 1 << 22 and hasattr(self.mm, "madvise"):
-            try:
-                self.mm.madvise(mmap.MADV_DONTNEED, self.dropped, upto - self.dropped)
-            except (OSError, ValueError, AttributeError):
-                pass
-            self.dropped = upto
-
-    def close(self) -> None:
-        try:
-            self.mv.release()
-            self.mm.close()
-        except BufferError:       # a numpy view still alive: let the GC close it
-            pass
-
-
 class _ReadWindows:
-    """The same windows by plain reads, where mmap is not available."""
+    """Windows of the file by plain reads: the bytes from ``base``, at least ``want`` of
+    them unless the file ends first."""
 
     def __init__(self, f, size: int) -> None:
         self.f, self.size = f, size
@@ -241,10 +230,7 @@ def _read(f, st: _State, src: Source, verify_data_crc: bool, fast_path: bool,
     if size == 0:
         src.problems.append("empty file")
         return
-    try:
-        win = _MmapWindows(f, size)
-    except (OSError, ValueError):
-        win = _ReadWindows(f, size)
+    win = _ReadWindows(f, size)
     try:
         _read_windows(win, size, st, src, verify_data_crc, fast_path, chunk_size)
     finally:
@@ -446,7 +432,9 @@ def _decode_chunk(v: _Views, buf: bytes, starts: np.ndarray, lens: np.ndarray,
     if not len(tag_ids):
         return
     if len(tags) == 1:
-        st.acc(tags[0]).extend(steps, values, walls)
+        acc = st.acc(tags[0])
+        if acc is not None:
+            acc.extend(steps, values, walls)
         return
     order = np.argsort(tag_ids, kind="stable")
     groups = []
@@ -457,7 +445,9 @@ def _decode_chunk(v: _Views, buf: bytes, starts: np.ndarray, lens: np.ndarray,
             lo += c
     groups.sort()          # new tags enter in the order the file first shows them
     for _, t, sel in groups:
-        st.acc(tags[t]).extend(steps[sel], values[sel], walls[sel])
+        acc = st.acc(tags[t])
+        if acc is not None:
+            acc.extend(steps[sel], values[sel], walls[sel])
 
 
 def _tensor_scalar(t) -> float | None:
