@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from lorascope import discover
+from lorascope import discover, safe_open
 from lorascope.ingest import _json
 from lorascope.model import Config, Parsed, RawSeries, Run, Series, Source, StepInfo
 
@@ -59,7 +59,7 @@ def parse_model_config(path: Path, rel: str) -> Parsed:
         if path.stat().st_size > 4_000_000:
             src.problems.append("larger than 4 MB, not read")
             return out
-        data = _json.loads(path.read_text(encoding="utf-8-sig", errors="replace"))
+        data = _json.loads(safe_open.read_text(path, 4_000_001))
     except (OSError, ValueError) as e:
         src.problems.append(f"not valid JSON ({str(e)[:80]})")
         return out
@@ -427,6 +427,10 @@ def load_datasets(run: Run, run_dir: Path, found_csvs: list[str], jobs: int | No
     for v in (tdd if isinstance(tdd, list) else [tdd]):
         r = _resolve(v, run_dir, origin.file if origin else None) if v else None
         if r is not None and r.is_dir():
+            why = _not_a_dataset_folder(r, run_dir)
+            if why:
+                run.sources.append(Source(str(v), "dataset_images", 0, [why]))
+                continue
             roots.append(r.resolve())
     for rel in found_csvs:
         d = (run_dir / rel).parent.resolve()
@@ -441,11 +445,28 @@ def load_datasets(run: Run, run_dir: Path, found_csvs: list[str], jobs: int | No
     origin = cfg.origins.get("dataset_files")
     for v in (files if isinstance(files, list) else [files]):
         r = _resolve(v, run_dir, origin.file if origin else None)
+        if r is not None and safe_open.special(r):
+            run.sources.append(Source(str(v), "dataset_text", 0,
+                                      [f"resolves into {safe_open.special(r)}: never read"]))
+            continue
         if r is not None and r.is_file():
             ds, src = ds_mod.load_text_dataset(r.resolve(), run_dir, cutoff_len=cfg.get("cutoff_len"))
             _note_outside(src, r, run_dir)
             run.datasets.append(ds)
             run.sources.append(src)
+
+
+def _not_a_dataset_folder(folder: Path, run_dir: Path) -> str | None:
+    """Why a folder a config names cannot be the image dataset: under /proc, /sys or
+    /dev, or enclosing the run directory (``train_data_dir = "/"`` or ``..``: its images
+    are the whole disk's, and none of them belongs in the report)."""
+    root = safe_open.special(folder)
+    if root is not None:
+        return f"resolves into {root}: never read"
+    real, run_real = os.path.realpath(folder), os.path.realpath(run_dir)
+    if run_real == real or run_real.startswith(real.rstrip(os.sep) + os.sep):
+        return f"{real} encloses the run directory: not read as a dataset folder"
+    return None
 
 
 def _note_outside(src: Source, path: Path, run_dir: Path) -> None:
@@ -461,6 +482,8 @@ def build_run(run_dir: Path | str, *, jobs: int | None = None, progress: bool = 
         raise Unreadable(f"{run_dir}: no such directory")
     if not run_dir.is_dir():
         raise Unreadable(f"{run_dir}: not a directory")
+    if safe_open.special(run_dir):
+        raise Unreadable(f"{run_dir}: resolves into {safe_open.special(run_dir)}: never read")
     parsed, walk_problems, files = parse_all(run_dir)
     counts: dict[str, int] = {}
     for f in files:
@@ -471,6 +494,9 @@ def build_run(run_dir: Path | str, *, jobs: int | None = None, progress: bool = 
     if walk_problems:
         facts["walk_problems"] = walk_problems
     run.sources = [p.source for p in parsed]
+    # what the walk could not read: a folder it could not list, a link into /proc
+    run.sources += [Source(w.rel, w.kind, 0, [w.reason]) for w in walk_problems
+                    if isinstance(w, discover.WalkProblem)]
     if not any(p.source.records > 0 for p in parsed) and not any(p.checkpoints for p in parsed):
         if not counts:
             raise Unreadable(f"{run_dir}: empty directory")

@@ -33,6 +33,7 @@ import yaml
 
 from lorascope.ingest import _json
 from lorascope.model import ConfigValue, Parsed, Source
+from lorascope.safe_open import is_regular, open_file, read_text
 
 MAX_BYTES = 4 * 1024 * 1024        # a training config is a few KB; refuse anything huge
 MAX_ALIASES = 200                  # YAML alias references allowed in one document
@@ -126,12 +127,15 @@ def _short(e: BaseException) -> str:
 def _read_document(path: Path, rel: str, problems: list[str]) -> Any:
     """The parsed document, or None (with a problem) when it cannot be read."""
     try:
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            problems.append(f"{size} bytes: too large for a config file, not read")
-            return None
-        with open(path, "rb") as fh:
+        with open_file(path) as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > MAX_BYTES:
+                problems.append(f"{size} bytes: too large for a config file, not read")
+                return None
             data = fh.read(MAX_BYTES + 1)
+        if len(data) > MAX_BYTES:
+            problems.append("grew too large for a config file while read, not read")
+            return None
     except OSError as e:
         problems.append(f"cannot read ({e.strerror or e})")
         return None
@@ -533,8 +537,8 @@ def _llamafactory_files(names: list[str], ddir: str | None, path: Path, rel: str
     for b in bases:
         f = b / "dataset_info.json"
         try:
-            if f.is_file() and f.stat().st_size <= MAX_BYTES:
-                loaded = _json.loads(f.read_text(encoding="utf-8-sig", errors="replace"))
+            if is_regular(f) and f.stat().st_size <= MAX_BYTES:
+                loaded = _json.loads(read_text(f, MAX_BYTES))
                 if isinstance(loaded, dict):
                     info = loaded
                     break

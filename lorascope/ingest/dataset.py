@@ -33,6 +33,7 @@ from typing import Any, Iterator
 from lorascope.discover import IMAGE_EXTS, walk
 from lorascope.ingest import _json
 from lorascope.model import DataItem, Dataset, Source
+from lorascope.safe_open import open_file
 
 # -- limits ----------------------------------------------------------------------------
 
@@ -61,6 +62,7 @@ CONTROL_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffd]")
 CJK_RE = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 
 ESCAPE_ERROR = "path escapes the dataset directory"
+UNREADABLE = "cannot read: "               # an image that could not be opened (not decoded)
 
 
 # -- shared helpers ----------------------------------------------------------------------
@@ -83,7 +85,7 @@ def _join(prefix: str, rel: str) -> str:
 
 
 def _read_capped(path: Path, cap: int) -> tuple[bytes, bool]:
-    with open(path, "rb") as fh:
+    with open_file(path) as fh:
         data = fh.read(cap + 1)
     return data[:cap], len(data) > cap
 
@@ -132,7 +134,13 @@ def _scan_image(path: str) -> tuple[int | None, int | None, str | None, str | No
         warnings.simplefilter("ignore")
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            with Image.open(path) as im:
+            fh = open_file(path)
+        except PermissionError:
+            return w, h, f"{UNREADABLE}permission denied", None, fmt
+        except OSError as e:
+            return w, h, f"{UNREADABLE}{e.strerror or _short(e)}", None, fmt
+        try:
+            with fh, Image.open(fh) as im:
                 w, h = im.size
                 fmt = im.format
                 # JPEG: decode at reduced scale; every entropy-coded byte is still read,
@@ -150,8 +158,6 @@ def _scan_image(path: str) -> tuple[int | None, int | None, str | None, str | No
             return w, h, f"decompression bomb: {w}x{h}", None, fmt
         except Image.UnidentifiedImageError:
             return w, h, "not an image Pillow can identify", None, fmt
-        except PermissionError:
-            return w, h, "cannot read: permission denied", None, fmt
         except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
             return w, h, _short(e), None, fmt
         except Exception as e:  # noqa: BLE001 - a decoder bug must not stop the scan
@@ -169,7 +175,7 @@ def _header_size(path: str) -> tuple[int | None, int | None]:
     old = Image.MAX_IMAGE_PIXELS
     try:
         Image.MAX_IMAGE_PIXELS = None
-        with Image.open(path) as im:
+        with open_file(path) as fh, Image.open(fh) as im:
             return im.size
     except Exception:  # noqa: BLE001
         return None, None
@@ -446,13 +452,23 @@ def load_image_dataset(root: Path, run_dir: Path, *, jobs: int | None = None,
     results = scan_images([p for _, p in to_scan], jobs=jobs, progress=progress,
                           problems=ds.problems)
     mismatched: list[str] = []
+    unreadable: dict[str, list[str]] = {}
     for (item, path), res in zip(to_scan, results):
         if res is None:
             continue
         item.width, item.height, item.error, item.degenerate, fmt = res
+        if item.error and item.error.startswith(UNREADABLE):
+            # permissions, a special file: the image may be fine; it is not a corrupt one
+            unreadable.setdefault(item.error[len(UNREADABLE):], []).append(item.file)
+            item.error = None
+            continue
         want = EXT_FORMATS.get(os.path.splitext(path)[1].lower())
         if fmt and want and fmt != want:
             mismatched.append(f"{item.file} holds {fmt} data")
+    for why, names in unreadable.items():
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        ds.problems.append(f"{len(names)} images could not be opened ({why}), so they were not "
+                           f"checked: {shown}")
     if mismatched:
         ds.problems.append(f"{len(mismatched)} images whose extension does not match their "
                            f"content (e.g. {mismatched[0]}); Pillow reads them by content")
@@ -561,8 +577,8 @@ def _iter_json_stream(path: Path, enc: str) -> Iterator[tuple[int, Any, int | No
     """Records of a JSON array (or of concatenated / pretty-printed JSON values),
     decoded one element at a time so that a large file is never held whole."""
     dec = json.JSONDecoder()
-    with open(path, "r", encoding="utf-8-sig" if enc == "utf-8" else enc,
-              errors="replace", newline="") as fh:
+    with open_file(path, "r", encoding="utf-8-sig" if enc == "utf-8" else enc,
+                   errors="replace", newline="") as fh:
         buf, pos, eof = "", 0, False
         in_array = None
         n = 0
@@ -639,7 +655,7 @@ def load_text_dataset(path: Path, run_dir: Path, cutoff_len: int | None = None
     src = Source(path=shown, kind="dataset_text")
     src.problems = ds.problems
     try:
-        with open(path, "rb") as fh:
+        with open_file(path) as fh:
             sample = fh.read(1 << 20)
     except OSError as e:
         ds.problems.append(f"cannot read dataset: {e.strerror or e}")
@@ -663,7 +679,7 @@ def load_text_dataset(path: Path, run_dir: Path, cutoff_len: int | None = None
     fh = None
     try:
         if jsonl:
-            fh = open(path, "rb")
+            fh = open_file(path)
             records = _iter_jsonl(fh, enc)
         else:
             records = _iter_json_stream(path, enc)

@@ -44,6 +44,7 @@ import numpy as np
 from lorascope.ingest import _json, _lycoris
 from lorascope.ingest._tensorscan import NUMPY_DTYPES, Job, TensorInfo, pair, read_small, scalar, scan
 from lorascope.model import Checkpoint, Module, Parsed, Source, TensorStat
+from lorascope.safe_open import open_file, read_text
 
 KIND = "safetensors"
 MAX_HEADER = 100 * 1024 * 1024        # a header longer than this is refused
@@ -147,8 +148,12 @@ def read_header(path: Path, problems: _Problems) -> Header:
         problems.add(f"not a safetensors file: {size} bytes, shorter than the 8-byte header length")
         return h
     try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
+        with open_file(path) as f:
+            head = f.read(8)
+            if len(head) < 8:
+                problems.add("the file shrank below 8 bytes while read")
+                return h
+            (n,) = struct.unpack("<Q", head)
             if n > MAX_HEADER or n > size - 8:
                 problems.add(f"header length {n} is impossible for a {size}-byte file "
                              f"(limit {min(MAX_HEADER, size - 8)}): not a safetensors file or truncated")
@@ -370,7 +375,7 @@ def load_adapter_config(path: Path, problems: _Problems | None = None) -> dict |
             if problems:
                 problems.add("adapter_config.json beside the file is too large: ignored")
             return None
-        d = _json.loads(cfg.read_text(encoding="utf-8-sig", errors="replace"))
+        d = _json.loads(read_text(cfg, MAX_ADAPTER_CONFIG + 1))
     except (OSError, ValueError):
         if problems:
             problems.add("adapter_config.json beside the file cannot be read: alpha unknown")
@@ -511,7 +516,7 @@ def _read(path: Path, rel: str, adapter_config: dict | None, stats_budget: int) 
     stats: dict[str, TensorStat] = {}
     modules: list[Module] = []
     try:
-        with open(path, "rb") as f:           # small reads (pread) around the scan
+        with open_file(path) as f:            # small reads (pread) around the scan
             fd = f.fileno()
             alpha_values = [scalar(fd, p.alpha_t) if p.alpha_t is not None else None
                             for p in full]

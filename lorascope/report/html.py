@@ -15,6 +15,7 @@ from lorascope import __version__
 from lorascope.report import charts
 from lorascope.report.paths import write_report
 from lorascope.rules.registry import data_dir
+from lorascope.safe_open import open_file
 
 MAX_THUMBS = 24
 
@@ -84,7 +85,7 @@ def story(run, findings, verdict: str) -> str:
 def _thumb(path: Path) -> str | None:
     from PIL import Image
     try:
-        with Image.open(path) as im:
+        with open_file(path) as fh, Image.open(fh) as im:
             if im.width * im.height > 64_000_000:
                 return None
             im.draft("RGB", (160, 160))
