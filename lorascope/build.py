@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from lorascope import discover, safe_open
+from lorascope import discover, merge, safe_open
 from lorascope.ingest import _json
 from lorascope.model import Config, Parsed, RawSeries, Run, Series, Source, StepInfo
 
@@ -187,17 +187,6 @@ def _restarts(r: RawSeries) -> list[int]:
     return [int(i) for i in back if s[i] <= near_start and s[i - 1] > near_start]
 
 
-def _copies(a: RawSeries, b: RawSeries) -> bool:
-    """One run's curve written by two writers (event file and trainer state, trainer
-    state and trainer_log.jsonl): equal values wherever both logged a step."""
-    common, ia, ib = np.intersect1d(a.steps, b.steps, return_indices=True)
-    if len(common) == 0:
-        return False
-    va, vb = a.values[ia], b.values[ib]
-    fin = np.isfinite(va) & np.isfinite(vb)
-    return bool(np.isclose(va[fin], vb[fin], rtol=2e-3, atol=1e-6).mean() >= 0.9) if fin.any() else True
-
-
 def detect_mixed(groups: dict[str, list[RawSeries]], states: list[Parsed]) -> list[str]:
     """Evidence that logs of several runs share this directory."""
     ev: list[str] = []
@@ -210,21 +199,9 @@ def detect_mixed(groups: dict[str, list[RawSeries]], states: list[Parsed]) -> li
                 i = rs[0]
                 ev.append(f"{r.source}: tag {tag} goes back from step {int(r.steps[i-1])} "
                           f"to step {int(r.steps[i])} ({len(rs)} restart(s) in one file)")
-        with_steps = [r for r in raws if len(r.steps)]
-        for a_i in range(len(with_steps)):
-            for b_i in range(a_i + 1, len(with_steps)):
-                a, b = with_steps[a_i], with_steps[b_i]
-                if a.source == b.source:
-                    continue
-                a0, a1 = int(a.steps.min()), int(a.steps.max())
-                b0, b1 = int(b.steps.min()), int(b.steps.max())
-                # both start at the beginning: two runs (a resume starts later)
-                first = min(a0, b0)
-                interval = max(1, int(np.median(np.diff(np.sort(a.steps)))) if len(a.steps) > 1 else 1)
-                if abs(a0 - b0) <= interval and min(a1, b1) > first \
-                        and not _copies(a, b):
-                    ev.append(f"{a.source} (steps {a0}-{a1}) and {b.source} (steps {b0}-{b1}) "
-                              f"both start at step {first}: two runs in one log directory")
+        # both start at the beginning: two runs (a resume starts later); near-linear
+        if len(ev) < merge.MAX_EVIDENCE:
+            ev.extend(merge.start_pairs(tag, raws, merge.MAX_EVIDENCE - len(ev)))
     plans = {}
     for p in states:
         ms = p.facts.get("planned_steps")
@@ -239,37 +216,10 @@ def detect_mixed(groups: dict[str, list[RawSeries]], states: list[Parsed]) -> li
 SOURCE_PREFERENCE = {"": 0, "trainer_state": 1, "trainer_log": 2, "text_log": 3}
 
 
-def _same_curve(a: Series, b: Series) -> bool:
-    """b repeats a: the same steps (or a subset) with the same values."""
-    if len(b.steps) > len(a.steps) or not np.isin(b.steps, a.steps).all():
-        return False
-    av = a.values[np.searchsorted(a.steps, b.steps)]
-    both_nan = ~np.isfinite(av) & ~np.isfinite(b.values)
-    close = np.isclose(av, b.values, rtol=2e-3, atol=1e-6)
-    return bool((close | both_nan).all())
-
-
 def _secondary(name: str) -> bool:
     """Text-encoder learning rates come after the U-Net's / the model's."""
     n = name.lower()
     return "textencoder" in n or "text_encoder" in n or n.endswith("/te") or "/te1" in n or "/te2" in n
-
-
-def _base(name: str) -> str:
-    n = name.split(" ")[0].lower()
-    return n[6:] if n.startswith("train/") else n
-
-
-def _drop_copies(series: list[Series]) -> list[Series]:
-    """One trainer writes the same curve to several files (HF: event file and
-    trainer_state.json; LLaMA-Factory: trainer_log.jsonl too): keep the first."""
-    kept: list[Series] = []
-    for s in series:
-        if any(k.role == s.role and (s.role != "other" or _base(k.name) == _base(s.name))
-               and _same_curve(k, s) for k in kept):
-            continue
-        kept.append(s)
-    return kept
 
 
 def _pick_state(states: list[Parsed]) -> Parsed | None:
@@ -307,20 +257,8 @@ def build_series(parsed: list[Parsed], facts: dict) -> list[Series]:
     mixed = detect_mixed(by_tag, states)
     # trainer states that disagree with the winner on the same steps are another run
     if winner is not None:
-        wl = {r.tag: r for r in winner.series}
-        for tag, raws in state_groups.items():
-            if role_of(tag) != "train_loss" or tag not in wl:
-                continue
-            w = wl[tag]
-            wmap = dict(zip(w.steps.tolist(), w.values.tolist()))
-            for r in raws:
-                diff = [s for s, v in zip(r.steps.tolist(), r.values.tolist())
-                        if s in wmap and np.isfinite(v) and np.isfinite(wmap[s])
-                        and abs(v - wmap[s]) > 1e-3 * max(1.0, abs(v))]
-                if len(diff) >= 2:
-                    mixed.append(f"{r.source} and {winner.source.path} log different losses "
-                                 f"at the same steps (e.g. step {diff[0]}): two runs in one output directory")
-                    break
+        mixed += merge.states_disagree(winner.series, state_groups,
+                                       lambda tag: role_of(tag) == "train_loss", winner.source.path)
     if mixed:
         facts["mixed_evidence"] = mixed
 
@@ -345,7 +283,7 @@ def build_series(parsed: list[Parsed], facts: dict) -> list[Series]:
         if tag.lower() in RUNNING_AVERAGE_TAGS:
             role = "other"
         series.append(Series(name=name, role=role, steps=steps, values=vals, sources=srcs))
-    series = _drop_copies(series)
+    series = merge.drop_copies(series)        # near-linear: lorascope/merge.py
     # only a running average logged: use it, and say so
     if not any(s.role == "train_loss" for s in series):
         for s in series:
