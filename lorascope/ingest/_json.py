@@ -12,6 +12,7 @@ Real trainer files nest at most five or six levels.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 MAX_DEPTH = 64
@@ -100,3 +101,99 @@ def raw_decode(decoder: json.JSONDecoder, text: str, pos: int = 0, *,
     except RecursionError:
         raise NestedTooDeep(max_depth) from None
     return check_depth(obj, max_depth), end
+
+
+class TextStream:
+    """A JSON document read from a text file in bounded pieces, value by value.
+
+    ``buf`` holds at most one piece of the file plus the value being decoded, so a
+    document of any size is walked in memory of its largest value (at most
+    ``max_value`` characters: a larger one is a ValueError).  The caller drives the
+    structure: :meth:`skip` whitespace, :meth:`take` a punctuation character, decode a
+    :meth:`value` (any JSON value, deep nesting refused as in :func:`loads`)."""
+
+    _WS = re.compile(r"[ \t\n\r]*")
+
+    def __init__(self, fh, *, chunk: int = 1 << 20, max_value: int = 64 << 20,
+                 max_depth: int = MAX_DEPTH):
+        self.fh, self.chunk, self.max_value, self.max_depth = fh, chunk, max_value, max_depth
+        self.buf, self.pos, self.eof = "", 0, False
+        self.consumed = 0                # characters dropped from the front of buf
+        self.dec = json.JSONDecoder()
+
+    def _fill(self, want: int | None = None) -> bool:
+        """Append at least one more piece (``want`` characters if given); False at EOF."""
+        if self.eof:
+            return False
+        if self.pos:
+            self.consumed += self.pos
+            self.buf, self.pos = self.buf[self.pos:], 0
+        data = self.fh.read(max(self.chunk, want or 0))
+        if not data:
+            self.eof = True
+            return False
+        self.buf += data
+        return True
+
+    def offset(self) -> int:
+        """Characters of the document before the current position."""
+        return self.consumed + self.pos
+
+    def skip(self) -> None:
+        while True:
+            self.pos = self._WS.match(self.buf, self.pos).end()
+            if self.pos < len(self.buf) or not self._fill():
+                return
+
+    def peek(self) -> str | None:
+        self.skip()
+        return self.buf[self.pos] if self.pos < len(self.buf) else None
+
+    def take(self, ch: str) -> bool:
+        if self.peek() == ch:
+            self.pos += 1
+            return True
+        return False
+
+    def value(self, check_depth: bool = True) -> Any:
+        """The next JSON value.  ValueError when it is invalid, cut short by the end of the
+        file, or longer than ``max_value``; NestedTooDeep when nested too deeply for the
+        decoder (and, with ``check_depth``, deeper than ``max_depth``: a caller that only
+        reads scalars out of the value may skip that walk)."""
+        self.skip()
+        want = self.chunk
+        while True:
+            try:
+                if check_depth:
+                    obj, end = raw_decode(self.dec, self.buf, self.pos, max_depth=self.max_depth)
+                else:
+                    obj, end = self.dec.raw_decode(self.buf, self.pos)
+            except NestedTooDeep:
+                raise
+            except RecursionError:
+                raise NestedTooDeep(self.max_depth) from None
+            except ValueError:
+                if len(self.buf) - self.pos > self.max_value:
+                    raise ValueError(f"a value longer than {self.max_value} characters") from None
+                want *= 2                # a large value: read in doubling pieces, not a
+                if self._fill(want):     # retry per megabyte
+                    continue
+                raise
+            if end == len(self.buf) and not self.eof and self.buf[self.pos] not in "[{\"":
+                # a number cut at the end of the piece decodes, shorter: read on
+                if self._fill():
+                    continue
+            self.pos = end
+            return obj
+
+    def rest(self):
+        """The text from the current position to the end, piece by piece."""
+        if self.pos < len(self.buf):
+            yield self.buf[self.pos:]
+        self.buf, self.pos = "", 0
+        while not self.eof:
+            data = self.fh.read(self.chunk)
+            if not data:
+                self.eof = True
+                break
+            yield data
