@@ -96,6 +96,12 @@ def parse_all(run_dir: Path) -> tuple[list[Parsed], list[str], list[discover.Fou
         outside = os.path.commonpath([root_real, real]) != root_real
         try:
             p = fn(f.path, f.rel)
+        except MemoryError:     # under a memory limit: say so, on this file
+            try:
+                size = f"{os.stat(f.path).st_size} bytes"
+            except OSError:
+                size = "size unknown"
+            p = Parsed(Source(f.rel, f.kind, 0, [f"out of memory while reading this file ({size}): not read"]))
         except Exception as e:  # a parser bug must not lose the whole run
             p = Parsed(Source(f.rel, f.kind, 0, [f"parser failed: {type(e).__name__}: {str(e)[:120]}"]))
             if os.environ.get("LORASCOPE_STRICT"):
@@ -438,8 +444,9 @@ def build_run(run_dir: Path | str, *, jobs: int | None = None, progress: bool = 
     if not any(p.source.records > 0 for p in parsed) and not any(p.checkpoints for p in parsed):
         if not counts:
             raise Unreadable(f"{run_dir}: empty directory")
+        why = next((f"; {s.path}: {s.problems[0]}" for s in run.sources if s.problems), "")
         raise Unreadable(f"{run_dir}: nothing readable (no event file, trainer state, log, "
-                         f"config or checkpoint with content)")
+                         f"config or checkpoint with content){why}")
     run.config = merge_config(parsed)
     facts_list = [p.facts for p in sorted(parsed, key=_config_priority)]
     run.series = build_series(parsed, facts)

@@ -150,3 +150,23 @@ def test_a_trainer_state_far_larger_than_memory_allows_whole(tmp_path):
     assert r.returncode in (0, 1), r.stderr[-2000:]
     doc = strict_json(r.stdout)
     assert doc["run"]["steps"]["last"] == n and doc["series"][0]["points"] == n
+
+
+def test_out_of_memory_is_named_never_nothing_readable(tmp_path):
+    """Whatever a limit makes fail, the answer names it: the trainer state's parser
+    running out of memory (forced here, at its first allocation) is a problem on that
+    file, and the one-line reason says so instead of "nothing readable"."""
+    run = tmp_path / "run"
+    write_trainer_state(run, healthy_history(), max_steps=40, global_step=40, logging_steps=1)
+    script = ("import sys, lorascope.ingest.trainer_state as ts\n"
+              "def parse(path, rel):\n    raise MemoryError\n"
+              "ts.parse = parse\n"
+              "from lorascope.cli import main\n"
+              "sys.argv = ['lorascope'] + sys.argv[1:]\nmain()\n")
+    env = dict(os.environ)
+    env.pop("LORASCOPE_STRICT", None)
+    r = subprocess.run([sys.executable, "-c", script, "analyze", str(run), "--no-html"], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "out of memory" in lines[0] and "trainer_state.json" in lines[0], lines
