@@ -14,16 +14,26 @@ from markupsafe import Markup
 from lorascope import __version__
 from lorascope.report import charts
 from lorascope.report.paths import write_report
+from lorascope.report.safe import visible
 from lorascope.rules.registry import data_dir
 from lorascope.safe_open import open_file
 
 MAX_THUMBS = 24
 
 
+def _visible_value(v):
+    """Every ``{{ }}`` value of a page: a string shows its control, bidi and invisible
+    characters escaped (as in the terminal), so none reaches the HTML file raw; our own
+    markup (charts, the script) is Markup and passes untouched.  Autoescaping follows."""
+    if isinstance(v, Markup) or not isinstance(v, str):
+        return v
+    return visible(v)
+
+
 def _env() -> Environment:
     return Environment(loader=FileSystemLoader(str(data_dir("reports/templates"))),
                        autoescape=select_autoescape(["html", "j2"], default=True),
-                       trim_blocks=True, lstrip_blocks=True)
+                       trim_blocks=True, lstrip_blocks=True, finalize=_visible_value)
 
 
 def _script(*names: str) -> tuple[Markup, str]:
@@ -121,14 +131,17 @@ def flagged_images(run, findings) -> list[dict]:
                 continue
             seen.add(name)
             ds, it = items.get(name, (None, None))
-            roots = [run_dir] + ([Path(ds.root).resolve()] if ds is not None else [])
-            p = run_dir / name
-            if it is not None and it.disk_name:
-                p = p.with_name(it.disk_name)
-            p = p.resolve()
             thumb = None
-            if any(r in p.parents for r in roots) and p.is_file():
-                thumb = _thumb(p)
+            try:                 # a name with a NUL, too long, a link loop: no thumbnail
+                roots = [run_dir] + ([Path(ds.root).resolve()] if ds is not None else [])
+                p = run_dir / name
+                if it is not None and it.disk_name:
+                    p = p.with_name(it.disk_name)
+                p = p.resolve()
+                if any(r in p.parents for r in roots) and p.is_file():
+                    thumb = _thumb(p)
+            except (OSError, ValueError, RuntimeError):
+                pass
             out.append({"file": name, "rule": f.rule, "caption": it.caption if it else None,
                         "thumb": thumb, "error": it.error if it else None,
                         "disk_name": it.disk_name if it else None})
@@ -211,4 +224,5 @@ def write_index(docs: list[dict], htmls: list[str | None], target: Path,
     html = _env().get_template("index.html.j2").render(
         rows=rows, errors=list(errors), version=__version__, script=script, script_hash=script_hash,
         generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
-    return write_report(target, html, list(run_dirs or [d["run"]["path"] for d in docs]))
+    return write_report(target, html, list(run_dirs if run_dirs is not None
+                                           else [d["run"]["path"] for d in docs]))

@@ -99,10 +99,13 @@ def check_target(target: Path, run_dirs: list) -> None:
     resolves into a run directory, or it is (a link to) one of a run's files."""
     try:
         real = target.resolve()
-    except (OSError, RuntimeError) as e:        # a link loop
+    except (OSError, RuntimeError, ValueError) as e:    # a link loop, a NUL
         raise ReportWriteError(f"cannot write the report to {target}: {e}") from None
     for rd in run_dirs:
-        rd_real = Path(rd).resolve()
+        try:
+            rd_real = Path(rd).resolve()
+        except (OSError, ValueError, RuntimeError):      # not a path that can exist
+            continue
         if real == rd_real or rd_real in real.parents:
             raise ReportWriteError(f"refusing to write the report inside the run directory: {target}")
     try:

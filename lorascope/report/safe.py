@@ -9,13 +9,15 @@ command.  :func:`visible_tree` does that to every string (and key) of a report
 document; :func:`json_safe` does the same job for printed JSON, where the escapes are
 JSON's own (``\\u202e``), so the document still decodes to the exact strings.
 
-Escaped: C0 and C1 control characters and DEL (tab and newline too: a field is one
-line), the bidi embeddings, overrides, isolates and marks (U+061C, U+200E-U+200F,
-U+202A-U+202E, U+2066-U+2069), invisible format characters (soft hyphen, U+180E,
-zero-width space, U+2060-U+2064, U+206A-U+206F, byte-order mark, U+FFF9-U+FFFB, tag
-characters U+E0000-U+E007F) and the line/paragraph separators U+2028/U+2029.  The
-zero-width joiner and non-joiner (U+200C/U+200D) are kept: emoji and several scripts
-need them, and they move nothing.  Backslashes are not doubled.
+Escaped: every character of Unicode's categories Cc, Cf, Zl and Zp: C0 and C1 control
+characters and DEL (tab and newline too: a field is one line), the bidi embeddings,
+overrides, isolates and marks (U+061C, U+200E-U+200F, U+202A-U+202E, U+2066-U+2069),
+invisible format characters (soft hyphen, U+180E, zero-width space, U+2060-U+2064,
+byte-order mark, interlinear annotations, tag characters U+E0000-U+E007F, ...) and the
+line/paragraph separators U+2028/U+2029.  The zero-width joiner and non-joiner
+(U+200C/U+200D) are kept: emoji and several scripts need them, and they move nothing.
+Backslashes are not doubled.  Lone surrogates (names that are not UTF-8) are left to
+the writer, which shows them as ``?``.
 """
 from __future__ import annotations
 
@@ -23,8 +25,12 @@ import re
 from typing import Any
 
 # DEL and C1 controls, bidi controls, invisible format characters, line/paragraph separators
-_INVISIBLE = ("\x7f-\x9f\u00ad\u061c\u180e\u200b\u200e\u200f\u2028-\u202e"
-              "\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb\U000e0000-\U000e007f")
+# (every character of Unicode's categories Cc, Cf, Zl, Zp but ZWJ and ZWNJ; tests check
+# the list against unicodedata)
+_INVISIBLE = ("\x7f-\x9f\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e"
+              "\u200b\u200e\u200f\u2028-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb"
+              "\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3"
+              "\U0001d173-\U0001d17a\U000e0000-\U000e007f")
 _UNSAFE = re.compile(f"[\x00-\x1f{_INVISIBLE}]")
 # in printed JSON, C0 characters inside strings are already json's \u escapes, and
 # outside them only the indentation's newlines and spaces occur

@@ -130,3 +130,33 @@ def test_inspect_metadata_values_are_escaped(tmp_path):
     check_terminal_bytes(r.stdout.encode(), tty=False)
     assert json.loads(r.stdout)["files"][0]["metadata"]["ss_output_name"] == f"x{FAKE}{LINK}"
     assert os.path.exists(f)
+
+
+def test_html_page_shows_sequences_escaped(tmp_path):
+    """The report page too: no raw control, bidi or invisible character from the data
+    (someone will `cat` it, a browser shows bidi overrides), the escapes visible."""
+    import unicodedata
+    from helpers import lorascope
+    run = hostile_run(tmp_path)
+    page_path = tmp_path / "report.html"
+    r = lorascope("analyze", run, "--format", "json", "--html", page_path, subprocess_=True)
+    assert r.returncode == 1, r.stderr
+    page = page_path.read_text(encoding="utf-8")
+    raw = [hex(ord(c)) for c in page if c not in "\n\u200c\u200d"
+           and unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")]
+    assert raw == [], raw[:20]
+    assert "\\x1b]0;pwned\\x07" in page and "\\u202e" in page
+
+
+def test_every_control_and_format_character_is_escaped():
+    """The escaping table against Unicode's own categories (Cc, Cf, Zl, Zp; ZWJ and
+    ZWNJ are kept for emoji and scripts), for the Python that runs the tests."""
+    import unicodedata
+    from lorascope.report.safe import json_safe, visible
+    cats = ("Cc", "Cf", "Zl", "Zp")
+    missed = [hex(c) for c in range(0x110000) if unicodedata.category(chr(c)) in cats
+              and c not in (0x200C, 0x200D) and visible(chr(c)) == chr(c)]
+    assert missed == []
+    assert visible("a\u200db") == "a\u200db" and visible("caf\u00e9 \u65e5\u672c") == "caf\u00e9 \u65e5\u672c"
+    assert all(ord(ch) < 128 for ch in visible("".join(map(chr, range(0x80, 0xA0)))))
+    assert json.loads(json_safe(json.dumps("\u202e\x9b\U000e0041", ensure_ascii=False))) == "\u202e\x9b\U000e0041"
