@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from helpers import lorascope, tree_digest
-from hostile.util import base_run, healthy_history, strict_json
+from hostile.util import base_run, strict_json
 
 pytestmark = pytest.mark.timeout(300)
 
