@@ -12,20 +12,17 @@ def run(name: str) -> None:
     sys.path.insert(0, here)
     os.environ.pop("LORASCOPE_STRICT", None)
     with atheris.instrument_imports(include=["lorascope"]):
-        import lorascope.build  # noqa: F401  (instrument the package before the target imports it)
-        import lorascope.ingest.config  # noqa: F401
-        import lorascope.ingest.dataset  # noqa: F401
-        import lorascope.ingest.llamafactory  # noqa: F401
-        import lorascope.ingest.safetensors  # noqa: F401
-        import lorascope.ingest.textlog  # noqa: F401
-        import lorascope.ingest.trainer_state  # noqa: F401
-        import lorascope.ingest.wandb  # noqa: F401
-        import lorascope.ingest.mlflow  # noqa: F401
-        import lorascope.ingest.aitk  # noqa: F401
-        try:
-            import lorascope.ingest.tfevents  # noqa: F401
-        except ImportError:
-            pass
+        # instrument the package before the targets import it
+        for m in ("lorascope.build", "lorascope.ingest.config", "lorascope.ingest.dataset",
+                  "lorascope.ingest.llamafactory", "lorascope.ingest.safetensors",
+                  "lorascope.ingest.textlog", "lorascope.ingest.trainer_state",
+                  "lorascope.ingest.tfevents", "lorascope.ingest.wandb", "lorascope.ingest.mlflow",
+                  "lorascope.ingest.aitk", "lorascope.inspect", "lorascope.report.safe",
+                  "lorascope.report.text", "lorascope.report.html"):
+            try:
+                __import__(m)
+            except ImportError:            # tfevents without tensorboard, html without jinja
+                pass
     import harness
     target = harness.TARGETS[name]
     atheris.Setup(sys.argv, target)

@@ -152,6 +152,122 @@ def image(data: bytes) -> None:
     assert err is None or isinstance(err, str)
 
 
+# -- output targets: strings from the data must not reach a terminal or a page raw ------
+
+_SGR = None
+
+
+def _texts(data: bytes, k: int) -> list[str]:
+    """k strings from the fuzzer's bytes (split at 0xFE; bytes that are not UTF-8 become
+    lone surrogates, as in a file name that is not UTF-8)."""
+    parts = [p.decode("utf-8", "surrogateescape") for p in data.split(b"\xfe")] or [""]
+    out = [parts[i % len(parts)] for i in range(k)]
+    if len(parts) > k:
+        out[-1] = "".join(parts[k - 1:])
+    return out
+
+
+def _no_raw_controls(text: str, where: str, allowed: str = "\n") -> None:
+    """No character of Unicode's categories Cc, Cf, Zl, Zp (but ZWJ, ZWNJ and ``allowed``)
+    outside our own colour sequences: checked with unicodedata, independently of
+    lorascope's own escaping table."""
+    global _SGR
+    import re
+    import unicodedata
+    if _SGR is None:
+        _SGR = re.compile("\x1b\\[[0-9;]*m")
+    for ch in _SGR.sub("", text):
+        if ch in allowed or ch in "\u200c\u200d":
+            continue
+        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
+            raise AssertionError(f"{where}: raw {ch!r} from the data")
+
+
+def _report(t: list[str]) -> dict:
+    """A report document (CONTRACT \u00a72) whose every data-derived string is fuzzed."""
+    return {
+        "schema": "lorascope.report/1", "tool": {"name": "lorascope", "version": "0"},
+        "run": {"path": t[0], "trainer": "hf-trainer", "task": "llm",
+                "sources": [{"path": t[1], "kind": "text_log", "records": 1, "problems": [t[2], t[3]]}],
+                "config": {"learning_rate": 1e-4, "lr_scheduler": t[4]},
+                "steps": {"first": 1, "last": 40, "planned": 80}},
+        "series": [{"name": t[5], "role": "other", "points": 3, "first_step": 1, "last_step": 3,
+                    "nonfinite": 0}],
+        "verdict": "failed",
+        "findings": [{"rule": "log.oom", "severity": "critical", "title": t[6], "step": 7,
+                      "step_range": [7, 9], "evidence": [t[7], t[8]],
+                      "causes": [{"rule": "config.small_batch", "confidence": 0.5, "text": t[9]}],
+                      "fix": {"lr_scheduler": t[4], "exclude_files": [t[10], t[1]]},
+                      "files": [t[10], t[1]]}],
+    }
+
+
+def terminal(data: bytes) -> None:
+    """The text summary (plain and coloured), the inspect table and the printed JSON."""
+    from lorascope.inspect import render_inspect_text
+    from lorascope.report.safe import json_safe
+    from lorascope.report.text import render_text
+    t = _texts(data, 12)
+    doc, ref = _report(t), _report(["x"] * 12)
+    for color in (False, True):
+        out = render_text(doc, color=color, html_path=t[11] or "r")   # (a path is never empty)
+        _no_raw_controls(out, "analyze text")
+        # a string from the data never adds a line (a fake verdict on its own line)
+        assert out.count("\n") == render_text(ref, color=color, html_path="x").count("\n")
+    mods = [{"name": t[5], "rank": 4, "alpha": 1.0, "norm": 0.1, "mean_abs": 0.01, "zero": False,
+             "nonfinite": 0}]
+
+    def idoc(u):
+        return {"schema": "lorascope.inspect/1", "files": [{
+            "path": u[0], "format": "kohya", "size_bytes": 10, "dtype": "F16", "rank": 4, "alpha": 1.0,
+            "step": None, "target_modules": [u[1]], "metadata": {"ss_output_name": u[2], u[3]: u[4],
+                                                                 "ss_network_args": u[3]},
+            "modules": [dict(m, name=u[5]) for m in mods], "zero_modules": [], "nonfinite_modules": [],
+            "problems": [u[6]], "readable": True}]}
+    out = render_inspect_text(idoc(t))
+    _no_raw_controls(out, "inspect text")
+    assert out.count("\n") == render_inspect_text(idoc(["x"] * 12)).count("\n")
+    js = json_safe(json.dumps(doc, ensure_ascii=False))
+    _no_raw_controls(js, "printed JSON", allowed="")
+    assert json.loads(js) == doc                       # the exact strings, escaped
+
+
+def html(data: bytes) -> None:
+    """The report page and the batch index: no raw control character from the data, no
+    script but the page's own, no event-handler attribute, links only ./relative."""
+    import re
+
+    import numpy as np
+
+    from lorascope.analyze import Analysis
+    from lorascope.model import Cause, Config, ConfigValue, DataItem, Dataset, Finding, Run, Series, Source, StepInfo
+    from lorascope.report.html import render_html, write_index
+    t = _texts(data, 12)
+    t[0] = t[0].replace("\x00", "")                    # a run directory's path has no NUL
+    run = Run(path=t[0], name=t[0], trainer="kohya", task="sd",
+              sources=[Source(t[1], "text_log", 1, [t[2], t[3]])],
+              series=[Series(t[5], "other", np.arange(1, 4), np.ones(3), [t[1]])],
+              config=Config({"lr_scheduler": t[4], "train_data_dir": "img"},
+                            {"lr_scheduler": ConfigValue("lr_scheduler", t[4], t[1], t[9])}),
+              steps=StepInfo(1, 40, 80),
+              datasets=[Dataset(kind="images", root=str(scratch() / "nowhere"),
+                                items=[DataItem(file=t[10] + ".png", caption=t[8], error=t[7])])])
+    findings = [Finding("data.corrupt_image", "critical", t[6], 7, [7, 9], [t[7], t[8]],
+                        [Cause("config.small_batch", 0.5, t[9])], {"lr_scheduler": t[4]},
+                        [t[10] + ".png", t[1]])]
+    doc = _report(t)
+    page = render_html(Analysis(run, findings, {}, [t[11], "tb"]), doc)
+    index = scratch() / "html" / "index.html"
+    write_index([doc, _report(t[::-1])], [str(index.parent / "r.html"), None], index,
+                [{"path": t[3], "error": t[2]}], [])
+    for where, text in (("report page", page), ("index page", index.read_text(encoding="utf-8"))):
+        _no_raw_controls(text, where)
+        assert text.count("<script") == 1, f"{where}: a second script"
+        assert not re.search(r"<[a-zA-Z][^>]*\son[a-z]+\s*=", text), f"{where}: an event handler"
+        for href in re.findall(r'href="([^"]*)"', text):
+            assert href.startswith("./") and ":" not in href, f"{where}: link {href!r}"
+
+
 # the 1x1 PNG the dataset target scans
 _PNG = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010802000000907753de"
@@ -220,4 +336,6 @@ TARGETS = {
     "wandb_files": wandb_files,
     "mlflow": mlflow,
     "aitk": aitk,
+    "terminal": terminal,
+    "html": html,
 }

@@ -99,6 +99,17 @@ def main() -> None:
     put("dataset", "train.jsonl", b'{"instruction": "hi", "input": "", "output": "hello"}\n'
         b'{"conversations": [{"from": "human", "value": "a\\u0001b"}]}\n', variant=1)
     put("dataset", "train.json", b'[{"instruction": "hi", "output": "hello"}, {"text": "plain"}]', variant=3)
+    # output targets: strings a run can carry (0xFE separates them), escape sequences and all
+    strings = ["output/run-1", "logs/train\r\x1b[2Kverdict: HEALTHY.log", "truncated final record",
+               "caption \u202egpj.exe", "cosine", "train/loss", "Out of memory at train.log:3",
+               "\x1b]0;title\x07\x1b]8;;https://e/\x1b\\link\x1b]8;;\x1b\\", "a\bb\x9b1m",
+               "learning_rate 5e-4 is high", "img/\u2066x\u2069.png", "lorascope-report/run.html"]
+    blob = b"\xfe".join(s.encode("utf-8") for s in strings)
+    put("terminal", "strings", blob)
+    put("terminal", "latin1", blob.replace(b"run-1", b"r\xe9sum\xe9"))
+    put("html", "strings", blob.replace(b"output/run-1", b"javascript:alert(document.domain)"))
+    put("html", "markup", b"\xfe".join([b"<script>alert(1)</script>", b"\" onmouseover=\"x", b"</textarea>",
+                                        b"<img src=x onerror=alert(2)>", b"\x00\x1b[31m"] * 3))
     put("image", "png", png(8, 8), variant=0)
     try:
         import io

@@ -11,7 +11,6 @@ downstream reads only the :class:`~lorascope.model.Run`.
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -20,7 +19,8 @@ from typing import Callable
 
 import numpy as np
 
-from lorascope import discover, lineage, trainers
+from lorascope import discover, lineage, merge, safe_open, trainers
+from lorascope.ingest import _json
 from lorascope.model import (Checkpoint, Config, ConfigValue, DataSize, LogEvent, Parsed, RawSeries,
                              Run, RunRef, Series, Source, StepInfo)
 
@@ -82,7 +82,7 @@ def parse_model_config(path: Path, rel: str) -> Parsed:
         if path.stat().st_size > 4_000_000:
             src.problems.append("larger than 4 MB, not read")
             return out
-        data = json.loads(path.read_text(encoding="utf-8-sig", errors="replace"))
+        data = _json.loads(safe_open.read_text(path, 4_000_001))
     except (OSError, ValueError) as e:
         src.problems.append(f"not valid JSON ({str(e)[:80]})")
         return out
@@ -119,6 +119,12 @@ def parse_all(run_dir: Path) -> tuple[list[Parsed], list[str], list[discover.Fou
         outside = os.path.commonpath([root_real, real]) != root_real
         try:
             p = fn(f.path, f.rel)
+        except MemoryError:     # under a memory limit: say so, on this file
+            try:
+                size = f"{os.stat(f.path).st_size} bytes"
+            except OSError:
+                size = "size unknown"
+            p = Parsed(Source(f.rel, f.kind, 0, [f"out of memory while reading this file ({size}): not read"]))
         except Exception as e:  # a parser bug must not lose the whole run
             p = Parsed(Source(f.rel, f.kind, 0, [f"parser failed: {type(e).__name__}: {str(e)[:120]}"]))
             if os.environ.get("LORASCOPE_STRICT"):
@@ -197,37 +203,10 @@ def _merge_raw(raws: list[RawSeries]) -> tuple[np.ndarray, np.ndarray, list[str]
 SOURCE_PREFERENCE = {"": 0, "trainer_state": 1, "trainer_log": 2, "text_log": 3}
 
 
-def _same_curve(a: Series, b: Series) -> bool:
-    """b repeats a: the same steps (or a subset) with the same values."""
-    if len(b.steps) > len(a.steps) or not np.isin(b.steps, a.steps).all():
-        return False
-    av = a.values[np.searchsorted(a.steps, b.steps)]
-    both_nan = ~np.isfinite(av) & ~np.isfinite(b.values)
-    close = np.isclose(av, b.values, rtol=2e-3, atol=1e-6)
-    return bool((close | both_nan).all())
-
-
 def _secondary(name: str) -> bool:
     """Text-encoder learning rates come after the U-Net's / the model's."""
     n = name.lower()
     return "textencoder" in n or "text_encoder" in n or n.endswith("/te") or "/te1" in n or "/te2" in n
-
-
-def _base(name: str) -> str:
-    n = name.split(" ")[0].lower()
-    return n[6:] if n.startswith("train/") else n
-
-
-def _drop_copies(series: list[Series]) -> list[Series]:
-    """One trainer writes the same curve to several files (HF: event file and
-    trainer_state.json; LLaMA-Factory: trainer_log.jsonl too): keep the first."""
-    kept: list[Series] = []
-    for s in series:
-        if any(k.role == s.role and (s.role != "other" or _base(k.name) == _base(s.name))
-               and _same_curve(k, s) for k in kept):
-            continue
-        kept.append(s)
-    return kept
 
 
 def _pick_state(states: list[Parsed]) -> Parsed | None:
@@ -281,7 +260,7 @@ def build_series(pieces: list[Parsed]) -> _Curves:
         if tag.lower() in RUNNING_AVERAGE_TAGS:
             role = "other"
         series.append(Series(name=name, role=role, steps=steps, values=vals, sources=srcs))
-    series = _drop_copies(series)
+    series = merge.drop_copies(series)        # near-linear: lorascope/merge.py
     running = False
     # only a running average logged: use it, and say so
     if not any(s.role == "train_loss" for s in series):
@@ -377,6 +356,10 @@ def load_datasets(cfg: Config, run_dir: Path, found_csvs: list[str], jobs: int |
             if r is not None and r.is_file() and r.name.lower() == "metadata.csv":
                 r = r.parent
             if r is not None and r.is_dir() and r.resolve() not in roots:
+                why = _not_a_dataset_folder(r, run_dir)
+                if why:
+                    sources.append(Source(str(v), "dataset_images", 0, [why]))
+                    continue
                 roots.append(r.resolve())
     for rel in found_csvs:
         d = (run_dir / rel).parent.resolve()
@@ -391,12 +374,39 @@ def load_datasets(cfg: Config, run_dir: Path, found_csvs: list[str], jobs: int |
     origin = cfg.origins.get("dataset_files")
     for v in (files if isinstance(files, list) else [files]):
         r = _resolve(v, run_dir, origin.file if origin else None)
+        if r is not None and safe_open.special(r):
+            sources.append(Source(str(v), "dataset_text", 0,
+                                  [f"resolves into {safe_open.special(r)}: never read"]))
+            continue
         if r is not None and r.is_file():
             ds, src = ds_mod.load_text_dataset(r.resolve(), run_dir, cutoff_len=cfg.get("cutoff_len"))
             _note_outside(src, r, run_dir)
             datasets.append(ds)
             sources.append(src)
     return datasets, sources
+
+
+def _shown(path: str | Path, run_dir: Path) -> str:
+    """A path for the report: relative to the run directory when inside it (the report
+    does not depend on where the run lies), as it is otherwise."""
+    try:
+        rel = Path(path).resolve().relative_to(run_dir.resolve())
+        return str(rel) if str(rel) != "." else "."
+    except (OSError, ValueError):
+        return str(path)
+
+
+def _not_a_dataset_folder(folder: Path, run_dir: Path) -> str | None:
+    """Why a folder a config names cannot be the image dataset: under /proc, /sys or
+    /dev, or enclosing the run directory (``train_data_dir = "/"`` or ``..``: its images
+    are the whole disk's, and none of them belongs in the report)."""
+    root = safe_open.special(folder)
+    if root is not None:
+        return f"resolves into {root}: never read"
+    real, run_real = os.path.realpath(folder), os.path.realpath(run_dir)
+    if run_real == real or run_real.startswith(real.rstrip(os.sep) + os.sep):
+        return f"{real} encloses the run directory: not read as a dataset folder"
+    return None
 
 
 def _note_outside(src: Source, path: Path, run_dir: Path) -> None:
@@ -571,7 +581,7 @@ def _assemble(run_dir: Path, name: str, share: _Share, *, latest: bool, rid: str
     n_ds = sum(len(d.items) for d in datasets)
     if items is None and n_ds:
         items = n_ds
-        roots = ", ".join(str(d.root) for d in datasets[:2])
+        roots = ", ".join(_shown(d.root, run_dir) for d in datasets[:2])
         items_from = f"{n_ds} items counted in {roots}"
         values["num_train_items"] = n_ds
         origins["num_train_items"] = ConfigValue("num_train_items", n_ds, datasets[0].manifest or "",
@@ -722,13 +732,20 @@ def build_folder(run_dir: Path | str, *, jobs: int | None = None, progress: bool
         raise Unreadable(f"{run_dir}: no such directory")
     if not run_dir.is_dir():
         raise Unreadable(f"{run_dir}: not a directory")
-    parsed, _walk_problems, files = parse_all(run_dir)
+    if safe_open.special(run_dir):
+        raise Unreadable(f"{run_dir}: resolves into {safe_open.special(run_dir)}: never read")
+    parsed, walk_problems, files = parse_all(run_dir)
     name = run_dir.resolve().name or str(run_dir)
+    # what the walk could not read: a folder it could not list, a link into /proc
+    walked = tuple(Source(w.rel, w.kind, 0, [w.reason]) for w in walk_problems
+                   if isinstance(w, discover.WalkProblem))
     if not _readable(parsed):
         if not files:
             raise Unreadable(f"{run_dir}: empty directory")
+        why = next((f"; {s.path}: {s.problems[0]}" for s in [p.source for p in parsed] + list(walked)
+                    if s.problems), "")
         raise Unreadable(f"{run_dir}: nothing readable (no event file, trainer state, log, "
-                         f"config or checkpoint with content)")
+                         f"config or checkpoint with content){why}")
     order = {id(p.source): i for i, p in enumerate(parsed)}
     csvs = [f.rel for f in files if f.kind == "dataset_csv"]
 
@@ -765,6 +782,8 @@ def build_folder(run_dir: Path | str, *, jobs: int | None = None, progress: bool
     runs = [_assemble(run_dir, name, sh, latest=(i == latest), rid=f"run-{i + 1}", csvs=csvs,
                       jobs=jobs, progress=progress, order=order)
             for i, sh in enumerate(shares)]
+    if walked:
+        runs = [replace(r, sources=tuple(r.sources) + walked) for r in runs]
     if len(runs) > 1 or lin.evidence:
         refs = tuple(RunRef(r.id, tuple(s.path for s in sorted(
             r.sources, key=lambda s: s.kind not in CURVE_KINDS)), r.steps) for r in runs)

@@ -21,62 +21,151 @@ def _safe(text: str) -> str:
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
+def _err(msg: str) -> None:
+    """One line on stderr: control characters from a path or a file are escaped
+    (a newline in a run name cannot make it two lines, nor ESC reach the terminal)."""
+    from lorascope.report.safe import visible
+    click.echo(_safe(visible(f"lorascope: {msg}")), err=True)
+
+
 def _die(msg: str) -> None:
-    click.echo(_safe(f"lorascope: {msg}"), err=True)
+    _err(msg)
     sys.exit(EXIT_USAGE)
 
 
 def _dump(doc: dict) -> str:
-    return _safe(json.dumps(doc, indent=2, allow_nan=False, ensure_ascii=False))
+    from lorascope.report.safe import json_safe
+    return _safe(json_safe(json.dumps(doc, indent=2, allow_nan=False, ensure_ascii=False)))
 
 
-def _html_target(run_name: str, html: str | None, several: bool) -> Path:
-    if html is None:
-        return Path("lorascope-report") / f"{run_name}.html"
-    p = Path(html)
-    return p / f"{run_name}.html" if several else p
+def _debug() -> bool:
+    return bool(os.environ.get("LORASCOPE_DEBUG") or os.environ.get("LORASCOPE_STRICT"))
 
 
-def _analyze_one(args: tuple) -> tuple[str, dict | None, str | None, str | None]:
-    """Worker: (run_dir, rules, html_target|None, progress) -> (run_dir, doc, html, error)."""
+def _analyze_one(args: tuple) -> tuple[str, dict | None, str | None, str | None, str | None]:
+    """Worker: (run_dir, rules, html_target|None, progress, run id|None) ->
+    (run_dir, doc, html written, error, html error).
+
+    Whatever goes wrong inside one run's analysis (a parser or rule bug, a recursion or
+    memory limit) becomes that run's error: the other runs of a batch are still reported.
+    A report that cannot be written is an html error beside the document."""
     run_dir, rules_file, html_target, progress, run_id = args
     from lorascope.analyze import NoSuchRun, analyze, report_document
     from lorascope.build import Unreadable
     from lorascope.rules.registry import CatalogError
     try:
         a = analyze(run_dir, rules_file, progress=progress, run_id=run_id)
-    except (Unreadable, NoSuchRun) as e:
-        return run_dir, None, None, str(e)
-    except CatalogError as e:
-        return run_dir, None, None, str(e)
-    doc = report_document(a)
-    written = None
+        doc = report_document(a)
+    except (Unreadable, CatalogError, NoSuchRun) as e:
+        return run_dir, None, None, str(e), None
+    except MemoryError:
+        return run_dir, None, None, f"{run_dir}: out of memory while analysing this run", None
+    except RecursionError:
+        if _debug():
+            raise
+        return run_dir, None, None, f"{run_dir}: nested too deeply to analyse (recursion limit)", None
+    except Exception as e:  # never lose the batch for one run
+        if _debug():
+            raise
+        return run_dir, None, None, f"{run_dir}: internal error: {type(e).__name__}: {str(e)[:200]}", None
+    written = html_err = None
     if html_target is not None:
         try:
             from lorascope.report.html import write_html
+            from lorascope.report.paths import ReportWriteError
         except ImportError:
             write_html = None
         if write_html is not None:
-            target = Path(html_target)
-            if _inside(target, Path(run_dir)):
-                return run_dir, None, None, f"refusing to write the report inside the run directory: {target}"
-            write_html(a, doc, target)
-            written = str(target)
-    return run_dir, doc, written, None
+            try:
+                written = str(write_html(a, doc, Path(html_target), [run_dir]))
+            except ReportWriteError as e:
+                html_err = str(e)
+            except MemoryError:
+                html_err = f"out of memory while writing the report {html_target}"
+            except Exception as e:
+                if _debug():
+                    raise
+                html_err = f"cannot write the report {html_target}: {type(e).__name__}: {str(e)[:200]}"
+    return run_dir, doc, written, None, html_err
 
 
 def _inside(target: Path, run_dir: Path) -> bool:
     try:
         target.resolve().relative_to(run_dir.resolve())
         return True
-    except ValueError:
+    except (ValueError, OSError, RuntimeError):
         return False
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _run_pool(tasks: list[tuple], jobs: int) -> list[tuple]:
+    """Analyse in worker processes.  A worker that dies (killed for memory, a signal)
+    breaks the pool for every pending task: those are tried again one at a time, so
+    only the run that kills its worker is reported as lost."""
+    from concurrent.futures.process import BrokenProcessPool
+    results: list[tuple | None] = [None] * len(tasks)
+    retry = []
+    with ProcessPoolExecutor(max_workers=min(jobs, len(tasks))) as ex:
+        futs = [ex.submit(_analyze_one, t) for t in tasks]
+        for i, f in enumerate(futs):
+            try:
+                results[i] = f.result()
+            except BrokenProcessPool:
+                retry.append(i)
+            except Exception as e:
+                results[i] = (tasks[i][0], None, None, f"{tasks[i][0]}: internal error: "
+                              f"{type(e).__name__}: {str(e)[:200]}", None)
+    for i in retry:
+        try:
+            with ProcessPoolExecutor(max_workers=1) as ex:
+                results[i] = ex.submit(_analyze_one, tasks[i]).result()
+        except BrokenProcessPool:
+            results[i] = (tasks[i][0], None, None,
+                          f"{tasks[i][0]}: the process analysing this run died (killed, or out of memory)", None)
+        except Exception as e:
+            results[i] = (tasks[i][0], None, None, f"{tasks[i][0]}: internal error: "
+                          f"{type(e).__name__}: {str(e)[:200]}", None)
+    return results  # type: ignore[return-value]
+
+
+_NO_ARGS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+class _Cli(click.Group):
+    """The command group, with click's usage errors (`--jobs 0`, a missing argument)
+    printed as one line, `lorascope: <reason>`, exit 2, like every other error."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _NO_ARGS_HELP as e:                        # bare `lorascope`: the help
+            click.echo(e.ctx.get_help(), err=True)
+            sys.exit(EXIT_USAGE)
+        except click.ClickException as e:
+            _err(e.format_message().replace("\n", " "))
+            sys.exit(EXIT_USAGE)
+        except click.Abort:
+            _err("aborted")
+            sys.exit(EXIT_USAGE)
+        sys.exit(rv if isinstance(rv, int) else EXIT_OK)
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lorascope")
 def cli() -> None:
     """lorascope: the post-mortem of a LoRA fine-tuning run."""
+
+
+def _html_targets(run_dirs: tuple, html: str | None, several: bool) -> list[Path]:
+    """Where each run's report goes: --html itself for one run; else <folder>/<name>.html
+    with names from :func:`~lorascope.report.paths.report_names` (safe, unique, never
+    the index's)."""
+    from lorascope.report.paths import report_names
+    if html is not None and not several:
+        return [Path(html)]
+    folder = Path(html) if html is not None else Path("lorascope-report")
+    return [folder / f"{n}.html" for n in report_names(list(run_dirs), index=several)]
 
 
 @cli.command()
@@ -107,39 +196,47 @@ def analyze(run_dirs, fmt, html, no_html, fail_on, rules_file, jobs, run_id):
             _die(str(e))
     several = len(run_dirs) > 1
     progress = sys.stderr.isatty()
-    tasks = []
-    for d in run_dirs:
-        name = Path(d).resolve().name or "run"
-        target = None if no_html else str(_html_target(name, html, several))
-        tasks.append((d, Path(rules_file) if rules_file else None, target, progress, run_id))
+    targets = [None] * len(run_dirs) if no_html else _html_targets(run_dirs, html, several)
+    tasks = [(d, Path(rules_file) if rules_file else None, None if t is None else str(t), progress, run_id)
+             for d, t in zip(run_dirs, targets)]
     if jobs > 1 and several:
-        with ProcessPoolExecutor(max_workers=min(jobs, len(tasks))) as ex:
-            results = list(ex.map(_analyze_one, tasks))
+        results = _run_pool(tasks, jobs)
     else:
         results = [_analyze_one(t) for t in tasks]
 
     exit_code = EXIT_OK
-    docs = []
-    htmls = []
-    for run_dir, doc, written, err in results:
+    docs, htmls, errors = [], [], []
+    for run_dir, doc, written, err, html_err in results:
+        if html_err:
+            _err(html_err)
+            exit_code = EXIT_USAGE
         if err:
-            click.echo(_safe(f"lorascope: {err}"), err=True)
+            _err(err)
+            errors.append({"path": str(run_dir), "error": err})
             exit_code = EXIT_USAGE
             continue
         docs.append(doc)
         htmls.append(written)
-    if several and not no_html and len(docs) > 1:
+    if several and not no_html and len(docs) + len(errors) > 1:
         try:
             from lorascope.report.html import write_index
-            index = _html_target("index", html, True)
-            write_index(docs, htmls, index)
-            if fmt == "text":
-                click.echo(f"index: {index}", err=True)
+            from lorascope.report.paths import ReportWriteError
+            index = Path(html if html is not None else "lorascope-report") / "index.html"
+            try:
+                write_index(docs, htmls, index, errors, list(run_dirs))
+                if fmt == "text":
+                    _err(f"index: {index}")
+            except ReportWriteError as e:
+                _err(str(e))
+                exit_code = EXIT_USAGE
         except ImportError:
             pass
     if fmt == "json":
         if several:
-            click.echo(_dump({"schema": "lorascope.batch/1", "reports": docs}))
+            batch = {"schema": "lorascope.batch/1", "reports": docs}
+            if errors:
+                batch["errors"] = errors
+            click.echo(_dump(batch))
         elif docs:
             click.echo(_dump(docs[0]))
     else:
@@ -173,7 +270,7 @@ def inspect(files, fmt):
     status = exit_status(doc)       # a file cut short is not a readable one (CONTRACT §6)
     if status == EXIT_USAGE:
         for f in doc["files"]:
-            click.echo(_safe(f"lorascope: {f['path']}: {'; '.join(f['problems'][:2])}"), err=True)
+            _err(f"{f['path']}: {'; '.join(f['problems'][:2])}")
     sys.exit(status)
 
 
@@ -189,7 +286,11 @@ def rules(fmt, rules_file):
         doc = catalog_document(Path(rules_file) if rules_file else None)
     except CatalogError as e:
         _die(str(e))
-    click.echo(_dump(doc) if fmt == "json" else render_catalog_text(doc))
+    if fmt == "json":
+        click.echo(_dump(doc))
+    else:
+        from lorascope.report.safe import visible_tree
+        click.echo(_safe(render_catalog_text(visible_tree(doc))))
 
 
 @cli.command()
@@ -217,15 +318,15 @@ def main() -> None:
     try:
         cli(standalone_mode=True)
     except KeyboardInterrupt:
-        click.echo("lorascope: interrupted", err=True)
+        _err("interrupted")
         sys.exit(130)
     except SystemExit:
         raise
     except Exception as e:  # never a traceback for the user
         if os.environ.get("LORASCOPE_DEBUG"):
             raise
-        click.echo(f"lorascope: internal error: {type(e).__name__}: {e} "
-                   f"(set LORASCOPE_DEBUG=1 for the traceback)", err=True)
+        _err(f"internal error: {type(e).__name__}: {str(e)[:300]} "
+             f"(set LORASCOPE_DEBUG=1 for the traceback)")
         sys.exit(EXIT_USAGE)
 
 

@@ -1,4 +1,9 @@
-"""Walk a run directory and classify every file; opens nothing."""
+"""Walk a run directory and classify every file; opens nothing.
+
+Nothing under /proc, /sys or /dev is listed, whatever a link says, and only regular
+files are returned: a link into those trees, a FIFO, a socket or a device is a
+:class:`WalkProblem` naming it (the builder lists it in ``sources``), as is a folder
+that cannot be listed."""
 from __future__ import annotations
 
 import os
@@ -30,6 +35,7 @@ KINDS = (
     "mlflow_item",       # MLflow file store: metrics/params/tags files (read with their run)
     "mlflow_meta",       # MLflow file store: an experiment's meta.yaml
     "aitk_loss_log",     # ai-toolkit UI logger: loss_log.db (SQLite) in the training folder
+    "folder",            # a folder that could not be listed, or a link not followed
     "other",
 )
 
@@ -46,6 +52,28 @@ WANDB_INTERNAL = {"wandb-metadata.json", "requirements.txt", "conda-environment.
                   "diff.patch", "wandb-resume.json", "debug.log", "debug-internal.log",
                   "debug-core.log", "output.log.partial"}
 MAX_FILES = 200_000
+
+
+class WalkProblem(str):
+    """A problem met while walking (a str: ``"rel: reason"``) that also knows the path
+    it is about and that path's kind, so that it can be named in ``sources``."""
+
+    rel: str
+    kind: str
+    reason: str
+
+    def __new__(cls, rel: str, kind: str, reason: str):
+        self = super().__new__(cls, f"{rel or '.'}: {reason}")
+        self.rel, self.kind, self.reason = rel, kind, reason
+        return self
+
+
+def _special(real: str) -> str | None:
+    from lorascope.safe_open import SPECIAL_ROOTS
+    for root in SPECIAL_ROOTS:
+        if real == root or real.startswith(root + "/"):
+            return root
+    return None
 
 
 @dataclass(frozen=True)
@@ -107,13 +135,13 @@ def walk(run_dir: Path, max_files: int = MAX_FILES) -> tuple[list[Found], list[s
     problems: list[str] = []
     seen: set[tuple[int, int]] = set()
     root_real = os.path.realpath(run_dir)
-    stack = [(run_dir, "")]
+    stack = [(run_dir, "", root_real)]
     while stack:
-        d, rel_d = stack.pop()
+        d, rel_d, real_d = stack.pop()
         try:
             st = d.stat()
         except OSError as e:
-            problems.append(f"{rel_d or '.'}: cannot stat ({e.strerror})")
+            problems.append(WalkProblem(rel_d, "folder", f"cannot stat ({e.strerror})"))
             continue
         key = (st.st_dev, st.st_ino)
         if key in seen:
@@ -123,7 +151,7 @@ def walk(run_dir: Path, max_files: int = MAX_FILES) -> tuple[list[Found], list[s
         try:
             entries = sorted(os.scandir(d), key=lambda e: e.name)
         except OSError as e:
-            problems.append(f"{rel_d or '.'}: cannot list ({e.strerror})")
+            problems.append(WalkProblem(rel_d, "folder", f"cannot list ({e.strerror})"))
             continue
         subdirs = []
         for e in entries:
@@ -134,8 +162,20 @@ def walk(run_dir: Path, max_files: int = MAX_FILES) -> tuple[list[Found], list[s
             except OSError:
                 problems.append(f"{rel}: unreadable entry")
                 continue
+            link = e.is_symlink()
+            # the resolved path: only a link needs resolving (the folder's own is known)
+            real = os.path.realpath(e.path) if link else os.path.join(real_d, e.name)
+            root = _special(real)
+            if root is not None and (is_dir or is_file or link):   # /proc/kmsg: a "regular file" that blocks
+                problems.append(WalkProblem(rel, "folder" if is_dir else classify(rel),
+                                            f"{'link into' if link else 'inside'} {root} ({real}): never read"))
+                continue
+            if not is_dir and not is_file and not link:
+                problems.append(WalkProblem(rel, classify(rel), "not a regular file (a FIFO, socket "
+                                                                "or device): never read"))
+                continue
             if is_dir:
-                if e.is_symlink() and _encloses(os.path.realpath(e.path), root_real):
+                if link and _encloses(real, root_real):
                     # a link to / or to a parent holds the run itself: walking it would
                     # read the whole disk before the loop check could stop it
                     problems.append(f"{rel}: link to an enclosing directory, not followed")
@@ -143,13 +183,13 @@ def walk(run_dir: Path, max_files: int = MAX_FILES) -> tuple[list[Found], list[s
                 if e.name == "latest-run" and e.is_symlink():
                     continue        # W&B's link to its newest run, walked under its own name
                 if e.name not in SKIP_DIRS:
-                    subdirs.append((Path(e.path), rel))
+                    subdirs.append((Path(e.path), rel, real))
             elif is_file:
                 if len(found) >= max_files:
                     problems.append(f"more than {max_files} files: the rest were not read")
                     return found, problems
                 found.append(Found(Path(e.path), rel, classify(rel)))
-            elif e.is_symlink():
+            elif link:
                 problems.append(f"{rel}: broken link")
         stack.extend(reversed(subdirs))
     return refine(found), problems

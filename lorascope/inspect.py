@@ -125,7 +125,11 @@ def _short(name: str, width: int = MAX_NAME) -> str:
 
 def render_inspect_text(doc: dict) -> str:
     """A readable report of an inspect document: a summary per file, metadata
-    highlights, then one row per adapted layer with zero / non-finite layers marked."""
+    highlights, then one row per adapted layer with zero / non-finite layers marked.
+    Strings from the file (names, metadata keys and values, problems) are shown with
+    control and bidi characters escaped (:func:`~lorascope.report.safe.visible`)."""
+    from lorascope.report.safe import visible_tree
+    doc = visible_tree(doc)
     out: list[str] = []
     for f in doc.get("files", []):
         out.append(f"{f['path']}")
@@ -140,7 +144,7 @@ def render_inspect_text(doc: dict) -> str:
         if shown:
             out.append("  metadata:")
             for k in shown:
-                v = str(meta[k]).replace("\n", " ")
+                v = str(meta[k])
                 if len(v) > MAX_META_VALUE:
                     v = v[:MAX_META_VALUE - 3] + "..."
                 out.append(f"    {k} = {v}")

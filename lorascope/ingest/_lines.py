@@ -7,9 +7,12 @@ newline, a dumped tensor) or binary garbage.  :func:`iter_lines` never holds mor
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
+
+from lorascope.safe_open import open_file
 
 MAX_LINE = 10_000              # characters kept of one line
 MAX_BYTES = 512 * 1024 * 1024  # bytes read of one file
@@ -77,7 +80,7 @@ def iter_lines(path: Path, max_line: int = MAX_LINE, max_bytes: int = MAX_BYTES,
             st.long_lines += 1
         return lineno, text, was_cut
 
-    with open(path, "rb") as f:
+    with open_file(path) as f:
         while True:
             chunk = f.read(CHUNK)
             if not chunk:
@@ -134,11 +137,15 @@ def read_bounded(path: Path, problems: list[str], max_bytes: int) -> bytes | Non
     """The whole file, or None with a problem noted: larger than ``max_bytes``,
     unreadable, or empty. For small JSON documents read in one piece."""
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            problems.append(f"file is {size} bytes, larger than {max_bytes}: not read")
+        with open_file(path) as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > max_bytes:
+                problems.append(f"file is {size} bytes, larger than {max_bytes}: not read")
+                return None
+            raw = fh.read(max_bytes + 1)        # a file that grew meanwhile: still bounded
+        if len(raw) > max_bytes:
+            problems.append(f"file grew past {max_bytes} bytes while read: not read")
             return None
-        raw = path.read_bytes()
     except OSError as e:
         problems.append(f"cannot read ({e.strerror or e})")
         return None

@@ -12,11 +12,11 @@ same keys stood in a config file; the values keep the tracker file as their orig
 from __future__ import annotations
 
 import ast
-import json
 from pathlib import Path
 from typing import Any
 
 from lorascope import trainers
+from lorascope.ingest import _json
 from lorascope.model import ConfigValue
 
 MAX_JSON = 1 << 20          # characters of one logged value parsed as JSON
@@ -31,8 +31,8 @@ def json_value(text: str | bytes | None) -> Any:
     if text is None or len(text) > MAX_JSON:
         return None
     try:
-        return json.loads(text)
-    except (ValueError, RecursionError, UnicodeDecodeError):
+        return _json.loads(text)
+    except (ValueError, UnicodeDecodeError):
         return None
 
 

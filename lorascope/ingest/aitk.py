@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lorascope.safe_open import open_file
 from lorascope.model import Parsed, RawSeries, Source
 
 KIND = "aitk_loss_log"
@@ -54,9 +55,9 @@ def parse(path: Path, rel: str) -> Parsed:
     with tempfile.TemporaryDirectory(prefix="lorascope-aitk-") as td:
         copy = Path(td) / "loss_log.db"
         try:
-            shutil.copyfile(path, copy)
+            _copy(path, copy)
             if wal_size:
-                shutil.copyfile(wal, Path(td) / "loss_log.db-wal")
+                _copy(wal, Path(td) / "loss_log.db-wal")
         except OSError as e:
             src.problems.append(f"cannot read ({e.strerror or e})")
             return parsed
@@ -67,6 +68,12 @@ def parse(path: Path, rel: str) -> Parsed:
     parsed.facts["trainer"] = "ai-toolkit"
     parsed.facts["task"] = "sd"
     return parsed
+
+
+def _copy(src: Path, dest: Path) -> None:
+    """A private copy of a regular file (never a FIFO, device or link into /proc)."""
+    with open_file(src) as fi, open(dest, "wb") as fo:
+        shutil.copyfileobj(fi, fo, 1 << 20)
 
 
 def _read(db: Path, rel: str, parsed: Parsed) -> None:

@@ -27,7 +27,9 @@ from typing import Any
 import yaml
 
 from lorascope import trainers
+from lorascope.ingest import _json
 from lorascope.model import ConfigValue, Parsed, Source
+from lorascope.safe_open import open_file
 from lorascope.trainers import kohya
 from lorascope.trainers._keys import parse_resolution
 
@@ -99,12 +101,15 @@ def _short(e: BaseException) -> str:
 def _read_document(path: Path, rel: str, problems: list[str]) -> Any:
     """The parsed document, or None (with a problem) when it cannot be read."""
     try:
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            problems.append(f"{size} bytes: too large for a config file, not read")
-            return None
-        with open(path, "rb") as fh:
+        with open_file(path) as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > MAX_BYTES:
+                problems.append(f"{size} bytes: too large for a config file, not read")
+                return None
             data = fh.read(MAX_BYTES + 1)
+        if len(data) > MAX_BYTES:
+            problems.append("grew too large for a config file while read, not read")
+            return None
     except OSError as e:
         problems.append(f"cannot read ({e.strerror or e})")
         return None
@@ -114,19 +119,23 @@ def _read_document(path: Path, rel: str, problems: list[str]) -> Any:
     ext = os.path.splitext(rel.lower())[1]
     try:
         if ext == ".toml":
-            return tomllib.loads(text)
+            return _json.check_depth(tomllib.loads(text))
         if ext in (".yaml", ".yml"):
-            return _load_yaml(text)
+            return _json.check_depth_shared(_load_yaml(text))
         if ext == ".json":
             # Python's json accepts bare NaN / Infinity, as HF writes them.
-            return json.loads(text)
+            return _json.loads(text)
         # unknown extension classified as config: try JSON, then YAML
         try:
-            return json.loads(text)
+            return _json.loads(text)
+        except _json.NestedTooDeep:
+            raise
         except ValueError:
-            return _load_yaml(text)
+            return _json.check_depth_shared(_load_yaml(text))
     except _Refused as e:
         problems.append(str(e))
+    except _json.NestedTooDeep as e:
+        problems.append(f"{e}, not read")
     except tomllib.TOMLDecodeError as e:
         problems.append(f"invalid TOML: {_short(e)}")
     except yaml.constructor.ConstructorError as e:

@@ -31,7 +31,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from lorascope.discover import IMAGE_EXTS, walk
+from lorascope.ingest import _json
 from lorascope.model import DataItem, Dataset, Source
+from lorascope.safe_open import open_file
 from lorascope.trainers import kohya
 
 # -- limits ----------------------------------------------------------------------------
@@ -61,6 +63,7 @@ CONTROL_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffd]")
 CJK_RE = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 
 ESCAPE_ERROR = "path escapes the dataset directory"
+UNREADABLE = "cannot read: "               # an image that could not be opened (not decoded)
 
 
 # -- shared helpers ----------------------------------------------------------------------
@@ -83,7 +86,7 @@ def _join(prefix: str, rel: str) -> str:
 
 
 def _read_capped(path: Path, cap: int) -> tuple[bytes, bool]:
-    with open(path, "rb") as fh:
+    with open_file(path) as fh:
         data = fh.read(cap + 1)
     return data[:cap], len(data) > cap
 
@@ -132,7 +135,13 @@ def _scan_image(path: str) -> tuple[int | None, int | None, str | None, str | No
         warnings.simplefilter("ignore")
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            with Image.open(path) as im:
+            fh = open_file(path)
+        except PermissionError:
+            return w, h, f"{UNREADABLE}permission denied", None, fmt
+        except OSError as e:
+            return w, h, f"{UNREADABLE}{e.strerror or _short(e)}", None, fmt
+        try:
+            with fh, Image.open(fh) as im:
                 w, h = im.size
                 fmt = im.format
                 # JPEG: decode at reduced scale; every entropy-coded byte is still read,
@@ -150,8 +159,6 @@ def _scan_image(path: str) -> tuple[int | None, int | None, str | None, str | No
             return w, h, f"decompression bomb: {w}x{h}", None, fmt
         except Image.UnidentifiedImageError:
             return w, h, "not an image Pillow can identify", None, fmt
-        except PermissionError:
-            return w, h, "cannot read: permission denied", None, fmt
         except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
             return w, h, _short(e), None, fmt
         except Exception as e:  # noqa: BLE001 - a decoder bug must not stop the scan
@@ -169,7 +176,7 @@ def _header_size(path: str) -> tuple[int | None, int | None]:
     old = Image.MAX_IMAGE_PIXELS
     try:
         Image.MAX_IMAGE_PIXELS = None
-        with Image.open(path) as im:
+        with open_file(path) as fh, Image.open(fh) as im:
             return im.size
     except Exception:  # noqa: BLE001
         return None, None
@@ -453,13 +460,23 @@ def load_image_dataset(root: Path, run_dir: Path, *, jobs: int | None = None,
     results = scan_images([p for _, p in to_scan], jobs=jobs, progress=progress,
                           problems=ds.problems)
     mismatched: list[str] = []
+    unreadable: dict[str, list[str]] = {}
     for (item, path), res in zip(to_scan, results):
         if res is None:
             continue
         item.width, item.height, item.error, item.degenerate, fmt = res
+        if item.error and item.error.startswith(UNREADABLE):
+            # permissions, a special file: the image may be fine; it is not a corrupt one
+            unreadable.setdefault(item.error[len(UNREADABLE):], []).append(item.file)
+            item.error = None
+            continue
         want = EXT_FORMATS.get(os.path.splitext(path)[1].lower())
         if fmt and want and fmt != want:
             mismatched.append(f"{item.file} holds {fmt} data")
+    for why, names in unreadable.items():
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        ds.problems.append(f"{len(names)} images could not be opened ({why}), so they were not "
+                           f"checked: {shown}")
     if mismatched:
         ds.problems.append(f"{len(mismatched)} images whose extension does not match their "
                            f"content (e.g. {mismatched[0]}); Pillow reads them by content")
@@ -557,7 +574,9 @@ def _iter_jsonl(fh, enc: str) -> Iterator[tuple[int, Any, int | None, str | None
         if not line.strip():
             continue
         try:
-            yield lineno, json.loads(line.decode(enc, errors="replace")), None, None
+            yield lineno, _json.loads(line.decode(enc, errors="replace")), None, None
+        except _json.NestedTooDeep as e:
+            yield lineno, None, None, str(e)
         except (json.JSONDecodeError, LookupError) as e:
             yield lineno, None, None, f"invalid JSON ({_short(e)})"
 
@@ -566,8 +585,8 @@ def _iter_json_stream(path: Path, enc: str) -> Iterator[tuple[int, Any, int | No
     """Records of a JSON array (or of concatenated / pretty-printed JSON values),
     decoded one element at a time so that a large file is never held whole."""
     dec = json.JSONDecoder()
-    with open(path, "r", encoding="utf-8-sig" if enc == "utf-8" else enc,
-              errors="replace", newline="") as fh:
+    with open_file(path, "r", encoding="utf-8-sig" if enc == "utf-8" else enc,
+                   errors="replace", newline="") as fh:
         buf, pos, eof = "", 0, False
         in_array = None
         n = 0
@@ -599,8 +618,11 @@ def _iter_json_stream(path: Path, enc: str) -> Iterator[tuple[int, Any, int | No
                 return
             while True:
                 try:
-                    obj, end = dec.raw_decode(buf, pos)
+                    obj, end = _json.raw_decode(dec, buf, pos)
                     break
+                except _json.NestedTooDeep as e:     # its end is unknown: stop here
+                    yield n + 1, None, None, f"{e}; the rest of the file was not read"
+                    return
                 except json.JSONDecodeError as e:
                     if eof or len(buf) - pos > MAX_RECORD_BYTES or not fill():
                         msg = ("record too large to parse" if len(buf) - pos > MAX_RECORD_BYTES
@@ -641,7 +663,7 @@ def load_text_dataset(path: Path, run_dir: Path, cutoff_len: int | None = None
     src = Source(path=shown, kind="dataset_text")
     src.problems = ds.problems
     try:
-        with open(path, "rb") as fh:
+        with open_file(path) as fh:
             sample = fh.read(1 << 20)
     except OSError as e:
         ds.problems.append(f"cannot read dataset: {e.strerror or e}")
@@ -653,7 +675,7 @@ def load_text_dataset(path: Path, run_dir: Path, cutoff_len: int | None = None
     jsonl = False
     if not head.startswith("[") and enc != "utf-16":
         try:
-            jsonl = isinstance(json.loads(_decode(first_line, enc, bom)), dict)
+            jsonl = isinstance(_json.loads(_decode(first_line, enc, bom)), dict)
         except (json.JSONDecodeError, ValueError):
             jsonl = False
     if jsonl and len(sample) == len(first_line) and not path.suffix.lower() == ".jsonl":
@@ -661,10 +683,11 @@ def load_text_dataset(path: Path, run_dir: Path, cutoff_len: int | None = None
 
     total = 0
     invalid: list[int] = []
+    nested: list[int] = []
     fh = None
     try:
         if jsonl:
-            fh = open(path, "rb")
+            fh = open_file(path)
             records = _iter_jsonl(fh, enc)
         else:
             records = _iter_json_stream(path, enc)
@@ -673,6 +696,9 @@ def load_text_dataset(path: Path, run_dir: Path, cutoff_len: int | None = None
             if err is not None:
                 if err.startswith("invalid JSON"):
                     invalid.append(idx)
+                    continue
+                if err.startswith("nested more than"):
+                    nested.append(idx)
                     continue
                 ds.items.append(DataItem(file=shown, index=idx, length=chars,
                                          tokens=None if chars is None else
@@ -699,6 +725,11 @@ def load_text_dataset(path: Path, run_dir: Path, cutoff_len: int | None = None
     finally:
         if fh is not None:
             fh.close()
+    if nested:
+        where = "lines" if jsonl else "records"
+        ds.problems.append(f"{len(nested)} {where} with JSON nested more than {_json.MAX_DEPTH} levels "
+                           f"deep, not read (first: {', '.join(map(str, nested[:5]))})"
+                           + ("; the rest of the file was not read" if not jsonl else ""))
     if invalid:
         where = "lines" if jsonl else "records"
         ds.problems.append(f"{len(invalid)} {where} not readable as a sample "
@@ -706,6 +737,6 @@ def load_text_dataset(path: Path, run_dir: Path, cutoff_len: int | None = None
     if total > MAX_TEXT_ITEMS:
         ds.problems.append(f"{total} records: items kept for the first {MAX_TEXT_ITEMS} "
                            "and for every flagged record")
-    ds.records = total - len(invalid)
+    ds.records = total - len(invalid) - len(nested)
     src.records = total
     return ds, src

@@ -37,6 +37,7 @@ import yaml
 
 from lorascope.ingest import _tracker
 from lorascope.ingest._lines import ProblemLog
+from lorascope.safe_open import read_bytes, read_text
 from lorascope.model import Parsed, RawSeries, Source
 
 KIND = "mlflow_run"
@@ -85,7 +86,7 @@ def _meta(path: Path, problems: list[str]) -> dict:
         if path.stat().st_size > MAX_META_BYTES:
             problems.append("meta.yaml larger than 1 MB, not read")
             return {}
-        doc = yaml.safe_load(path.read_text(encoding="utf-8", errors="replace"))
+        doc = yaml.safe_load(read_text(path, MAX_META_BYTES, encoding="utf-8"))
     except (OSError, yaml.YAMLError, RecursionError, ValueError) as e:
         problems.append(f"meta.yaml not readable: {type(e).__name__}")
         return {}
@@ -100,7 +101,7 @@ def read_metric(path: Path, problems: ProblemLog) -> tuple[np.ndarray, np.ndarra
         if size > MAX_METRIC_BYTES:
             problems.add(f"{path.name}: {size} bytes, larger than {MAX_METRIC_BYTES}: not read")
             return empty
-        data = path.read_bytes()
+        data = read_bytes(path, MAX_METRIC_BYTES)
     except OSError as e:
         problems.add(f"{path.name}: cannot read ({e.strerror or e})")
         return empty
@@ -159,7 +160,7 @@ def _params(root: Path, problems: list[str]) -> dict:
         try:
             if p.stat().st_size > MAX_PARAM_BYTES:
                 continue
-            text = p.read_bytes().decode("utf-8", errors="replace")
+            text = read_bytes(p, MAX_PARAM_BYTES).decode("utf-8", errors="replace")
         except OSError:
             continue
         doc[key] = _tracker.literal(text)

@@ -41,9 +41,10 @@ from typing import Any
 
 import numpy as np
 
-from lorascope.ingest import _lycoris
+from lorascope.ingest import _json, _lycoris
 from lorascope.ingest._tensorscan import NUMPY_DTYPES, Job, TensorInfo, pair, read_small, scalar, scan
 from lorascope.model import Checkpoint, Module, Parsed, Source, TensorStat
+from lorascope.safe_open import open_file, read_text
 from lorascope.trainers import ai_toolkit, hf_trainer, kohya, onetrainer
 
 KIND = "safetensors"
@@ -148,8 +149,13 @@ def read_header(path: Path, problems: _Problems) -> Header:
         problems.add(f"not a safetensors file: {size} bytes, shorter than the 8-byte header length")
         return h
     try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
+        with open_file(path) as f:
+            head = f.read(8)
+            if len(head) < 8:
+                problems.cut = True
+                problems.add("the file shrank below 8 bytes while read")
+                return h
+            (n,) = struct.unpack("<Q", head)
             if n > MAX_HEADER or n > size - 8:
                 problems.cut = True
                 problems.add(f"header length {n} is impossible for a {size}-byte file "
@@ -160,14 +166,14 @@ def read_header(path: Path, problems: _Problems) -> Header:
         problems.add(f"cannot read file ({e.strerror})")
         return h
     try:
-        doc = json.loads(raw.decode("utf-8"))
+        doc = _json.loads(raw.decode("utf-8"))
+    except _json.NestedTooDeep as e:
+        problems.cut = True
+        problems.add(f"header is not valid JSON ({e})")
+        return h
     except (UnicodeDecodeError, ValueError) as e:
         problems.cut = True
         problems.add(f"header is not valid JSON ({str(e)[:80]})")
-        return h
-    except RecursionError:
-        problems.cut = True
-        problems.add("header is not valid JSON (nested too deeply)")
         return h
     if not isinstance(doc, dict):
         problems.cut = True
@@ -339,7 +345,7 @@ class _AlphaSource:
         raw = metadata.get("lora_adapter_metadata")
         if raw is not None:
             try:
-                d = json.loads(raw)
+                d = _json.loads(raw)
             except ValueError:
                 d = None
                 problems.add("metadata lora_adapter_metadata is not valid JSON: alpha unknown")
@@ -377,8 +383,8 @@ def load_adapter_config(path: Path, problems: _Problems | None = None) -> dict |
             if problems:
                 problems.add("adapter_config.json beside the file is too large: ignored")
             return None
-        d = json.loads(cfg.read_text(encoding="utf-8-sig", errors="replace"))
-    except (OSError, ValueError, RecursionError):
+        d = _json.loads(read_text(cfg, MAX_ADAPTER_CONFIG + 1))
+    except (OSError, ValueError):
         if problems:
             problems.add("adapter_config.json beside the file cannot be read: alpha unknown")
         return None
@@ -530,7 +536,7 @@ def _read(path: Path, rel: str, adapter_config: dict | None, stats_budget: int) 
     stats: dict[str, TensorStat] = {}
     modules: list[Module] = []
     try:
-        with open(path, "rb") as f:           # small reads (pread) around the scan
+        with open_file(path) as f:            # small reads (pread) around the scan
             fd = f.fileno()
             alpha_values = [scalar(fd, p.alpha_t) if p.alpha_t is not None else None
                             for p in full]

@@ -18,7 +18,9 @@ cuDNN factory" lines are not errors, and out-of-memory means ``CUDA out of memor
 """
 from __future__ import annotations
 
+import math
 import re
+from array import array
 from pathlib import Path
 from typing import Any, Callable
 
@@ -261,7 +263,7 @@ class _State:
 
     def __init__(self, rel: str):
         self.ev = _Collector(rel)
-        self.dicts: list[tuple[int, str, dict[str, float]]] = []   # (line, train|eval|summary, values)
+        self.dicts = _Dicts()
         self.saves: list[tuple[int, int]] = []     # (checkpoint step, train dict lines before it)
         self.n_train = 0
         self.log_steps: int | None = None
@@ -397,11 +399,11 @@ class _State:
             if not vals:
                 continue
             if SUMMARY_KEYS & vals.keys():
-                self.dicts.append((lineno, "summary", vals))
+                self.dicts.add("summary", vals, lineno)
             elif any(k.startswith("eval_") for k in vals):
-                self.dicts.append((lineno, "eval", vals))
+                self.dicts.add("eval", vals, lineno)
             elif TRAIN_KEYS & vals.keys():
-                self.dicts.append((lineno, "train", vals))
+                self.dicts.add("train", vals, lineno)
                 self.n_train += 1
 
     def finish(self) -> None:
@@ -522,63 +524,93 @@ def _interval(saves: list[tuple[int, int]], log_steps: int | None, planned: int 
     return None
 
 
-def _series_from_dicts(dicts, saves, log_steps, planned, parsed: Parsed,
+class _Dicts:
+    """The printed metric dicts, compactly (a log of millions of lines stays within about
+    its own size): one row per train / eval dict, its kind and its own ``step`` when it
+    has one, and one (row, value) column pair per key; summary dicts only update facts."""
+
+    def __init__(self) -> None:
+        self.kinds = array("b")               # 0 train, 1 eval
+        self.steps = array("q")               # the dict's own step, or _NO_STEP
+        self.lines = array("q")               # the line it was printed on
+        self.cols: dict[str, tuple[array, array]] = {}
+        self.order: dict[str, None] = {}      # series in order of first appearance
+        self.n_train = 0
+        self.summary: dict[str, float] = {}
+        self.finished = False
+        self.all_steps = True
+
+    def add(self, kind: str, vals: dict[str, float], lineno: int = 0) -> None:
+        if kind == "summary":
+            self.finished = True
+            for k in ("train_loss", "train_runtime"):
+                if k in vals:
+                    self.summary[k] = vals[k]
+            return
+        row = len(self.kinds)
+        self.kinds.append(0 if kind == "train" else 1)
+        self.lines.append(lineno)
+        self.n_train += kind == "train"
+        st = vals.get("step")
+        if st is None or not math.isfinite(st) or abs(st) > 2 ** 62:
+            self.all_steps = False
+            self.steps.append(_NO_STEP)
+        else:
+            self.steps.append(int(st))
+        if "epoch" in vals:
+            self.order.setdefault("epoch", None)
+        for k, v in vals.items():
+            if k in SKIP_DICT_KEYS and k != "epoch" or k.endswith(SKIP_SUFFIXES):
+                continue
+            cols = self.cols.get(k)
+            if cols is None:
+                cols = self.cols[k] = (array("q"), array("d"))
+                self.order.setdefault(k, None)
+            cols[0].append(row)
+            cols[1].append(v)
+
+    def __len__(self) -> int:
+        return len(self.kinds) + bool(self.summary or self.finished)
+
+
+_NO_STEP = -(2 ** 63)
+
+
+def _series_from_dicts(dicts: _Dicts, saves, log_steps, planned, parsed: Parsed,
                        restarts: list[int] = ()) -> None:
-    if not dicts:
-        return
     rel = parsed.source.path
     f = parsed.facts
-    for _, kind, vals in dicts:
-        if kind == "summary":
-            if "train_loss" in vals:
-                f["final_train_loss"] = vals["train_loss"]
-            if "train_runtime" in vals:
-                f["train_runtime"] = vals["train_runtime"]
-    body = [(ln, k, v) for ln, k, v in dicts if k != "summary"]
-    if not body:
+    if "train_loss" in dicts.summary:
+        f["final_train_loss"] = dicts.summary["train_loss"]
+    if "train_runtime" in dicts.summary:
+        f["train_runtime"] = dicts.summary["train_runtime"]
+    if not len(dicts.kinds):
         return
-    n_train = sum(1 for _, k, _ in body if k == "train")
-    real = all("step" in v for _, _, v in body)
-    if real:
-        interval = None
+    kinds = np.frombuffer(dicts.kinds, np.int8)
+    lines = np.frombuffer(dicts.lines, np.int64)
+    seg = np.searchsorted(np.asarray(sorted(restarts), dtype=np.int64), lines, side="left")
+    if dicts.all_steps:
+        row_step = np.frombuffer(dicts.steps, np.int64)
     else:
-        finished = any(k == "summary" for _, k, _ in dicts)
-        found = _interval(saves, log_steps, planned, n_train, finished)
+        found = _interval(saves, log_steps, planned, dicts.n_train, dicts.finished)
         interval = found[0] if found else 1
         f["steps_synthetic"] = True
         f["logging_interval"] = interval
         f["logging_interval_from"] = found[1] if found else "unknown (ordinal)"
-    points: dict[str, tuple[list[int], list[float], list[int]]] = {}
-    ordinal = 0
-    epoch_seen: set[int] = set()
-    pending = list(restarts)
-
-    def add(tag: str, step: int, value: float, lineno: int) -> None:
-        st, vs, ln = points.setdefault(tag, ([], [], []))
-        st.append(step)
-        vs.append(value)
-        ln.append(lineno)
-
-    for lineno, kind, vals in body:
-        while pending and lineno > pending[0]:
-            pending.pop(0)
-            ordinal = 0                       # a new training printed into the same log
-            epoch_seen = set()
-        if real:
-            step = int(vals["step"])
-        elif kind == "train":
-            ordinal += 1
-            step = ordinal * interval
-        else:
-            step = ordinal * interval      # evaluation at the last logged step
-        if "epoch" in vals and step not in epoch_seen:
-            epoch_seen.add(step)
-            add("epoch", step, vals["epoch"], lineno)
-        for k, v in vals.items():
-            if k in SKIP_DICT_KEYS or k.endswith(SKIP_SUFFIXES):
-                continue
-            add(k, step, v, lineno)
-    for tag, (st, v, ln) in points.items():
-        parsed.series.append(RawSeries(tag=tag, steps=np.asarray(st, dtype=np.int64),
-                                       values=np.asarray(v, dtype=np.float64), source=rel,
-                                       positions=np.asarray(ln, dtype=np.float64)))
+        # a train dict is the next logging step; an eval dict sits at the last one; a new
+        # training printed into the same log (``restarts``: its banner lines) counts anew
+        cs = np.cumsum(kinds == 0, dtype=np.int64)
+        first_row = np.searchsorted(seg, seg, side="left")          # each training's first row
+        row_step = (cs - np.concatenate([[0], cs])[first_row]) * interval
+    for tag in dicts.order:
+        rows, vals = dicts.cols[tag]
+        r = np.frombuffer(rows, np.int64)
+        v = np.frombuffer(vals, np.float64)
+        steps = row_step[r]
+        pos = lines[r].astype(np.float64)
+        if tag == "epoch":                   # the first epoch value at each step of each training
+            _, first = np.unique(np.stack([seg[r], steps]), axis=1, return_index=True)
+            keep = np.sort(first)
+            steps, v, pos = steps[keep], v[keep], pos[keep]
+        parsed.series.append(RawSeries(tag=tag, steps=steps.copy(), values=v.copy(), source=rel,
+                                       positions=pos))

@@ -6,8 +6,15 @@ The file is a sequence of TFRecord frames::
 
 and each ``data`` is a serialized ``tensorboard.compat.proto.event_pb2.Event``.
 
-We read the framing ourselves, in chunks (memory follows the scalars kept, not the file
-size), and decode each record in one of two ways:
+We read the framing ourselves, in chunks, with plain reads (a memory map would kill the
+process with SIGBUS if the file shrank while read; reads are as fast here), and decode
+each record in one of two ways.  Memory follows the scalars kept, not the file size: 24
+bytes a point, columns that grow geometrically from 4 points (a tag seen once costs
+about 200 bytes, not a preallocated block), and at most :data:`MAX_TAGS` tags a file
+(one 4.5 MB record can name 300,000 tags; the rest are counted in a problem), plus up to
+:data:`MAX_ROLE_TAGS` whose names the builder reads as a loss, learning rate or gradient
+norm, so that a flood of other tags cannot push the loss curve out.  The
+decoding:
 
 * a **fast path** that recognises, with numpy over a whole chunk at once, the byte
   layout ``SummaryWriter.add_scalar`` (torch, tensorboardX, tensorboard) writes::
@@ -36,9 +43,9 @@ failing it is skipped and counted.
 """
 from __future__ import annotations
 
-import mmap
 import os
 import struct
+from array import array
 from pathlib import Path
 
 import numpy as np
@@ -47,14 +54,19 @@ from tensorboard.compat.proto import event_pb2, types_pb2
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import CRC_TABLE
 
 from lorascope.model import Parsed, RawSeries, Source
+from lorascope.safe_open import open_file
 
 MAX_RECORD = 64 << 20          # bytes; a longer length field is treated as corruption
 CHUNK = 1 << 20                # bytes read at a time
+MAX_TAGS = 10_000              # scalar tags kept per file; values of further tags are dropped
+MAX_ROLE_TAGS = 1_000          # and as many again whose names are a loss, lr or grad norm
+BIG_RECORD = 64 * 1024         # a larger summary record is decoded value by value
 _HEADER = 12                   # uint64 length + uint32 crc
 _FRAME = 16                    # header + trailing data crc
 
 _CRC = np.asarray(CRC_TABLE, dtype=np.uint32)
 _Q = struct.Struct("<Q").unpack_from
+_DOUBLE = struct.Struct("<d").unpack_from
 _I = struct.Struct("<I").unpack_from
 _SCALAR_DTYPES = {types_pb2.DT_FLOAT: "<f4", types_pb2.DT_DOUBLE: "<f8"}
 _LO7 = np.uint64(0x7F7F7F7F7F7F7F7F)
@@ -107,15 +119,16 @@ class _Acc:
 
     def __init__(self) -> None:
         self.n = 0
-        self.steps = np.empty(256, np.int64)
-        self.values = np.empty(256, np.float64)
-        self.walls = np.empty(256, np.float64)
+        self.steps = np.empty(4, np.int64)
+        self.values = np.empty(4, np.float64)
+        self.walls = np.empty(4, np.float64)
 
     def extend(self, steps, values, walls) -> None:
         k = len(steps)
         need = self.n + k
         if need > len(self.steps):
-            cap = max(need, len(self.steps) + len(self.steps) // 4)
+            have = len(self.steps)
+            cap = max(need, 2 * have if have < 4096 else have + have // 4)
             # realloc (mremap for large blocks): no copy and no 2x peak while growing
             for arr in (self.steps, self.values, self.walls):
                 arr.resize(cap, refcheck=False)
@@ -138,10 +151,33 @@ class _State:
         self.bad_data_crc = 0
         self.records = 0
         self.facts: dict = {}
+        self.dropped: set[str] = set()       # tags past MAX_TAGS (their names, up to a bound)
+        self.dropped_count = 0
+        self.role_tags = 0                   # tags kept beyond MAX_TAGS for their role
 
-    def acc(self, tag: str) -> _Acc:
+    def drop(self, tag: str) -> None:
+        if tag not in self.dropped:
+            self.dropped_count += 1
+            if len(self.dropped) < MAX_TAGS:
+                self.dropped.add(tag)
+
+    def admit(self, tag: str, new_in_chunk: int = 0) -> bool:
+        """May a tag not seen before get a column?  Within MAX_TAGS, yes; past it, only a
+        tag the builder reads as a curve of the run (up to MAX_ROLE_TAGS of them)."""
+        if len(self.accs) + new_in_chunk < MAX_TAGS:
+            return True
+        from lorascope.build import role_of         # the builder's tag -> role table
+        if self.role_tags < MAX_ROLE_TAGS and role_of(tag) != "other":
+            self.role_tags += 1
+            return True
+        self.drop(tag)
+        return False
+
+    def acc(self, tag: str) -> _Acc | None:
         a = self.accs.get(tag)
         if a is None:
+            if len(self.accs) >= MAX_TAGS + self.role_tags and not self.admit(tag):
+                return None
             a = self.accs[tag] = _Acc()
         return a
 
@@ -158,7 +194,7 @@ def parse(path: Path, rel: str, *, verify_data_crc: bool = False,
     src = Source(path=rel, kind="tfevents")
     st = _State()
     try:
-        f = open(path, "rb")
+        f = open_file(path)
     except OSError as e:
         src.problems.append(f"cannot open: {e.strerror or e}")
         return Parsed(source=src)
@@ -171,6 +207,9 @@ def parse(path: Path, rel: str, *, verify_data_crc: bool = False,
         src.problems.append(f"{st.undecodable} records could not be decoded")
     if st.bad_data_crc:
         src.problems.append(f"{st.bad_data_crc} records failed the data CRC check")
+    if st.dropped_count:
+        src.problems.append(f"more than {MAX_TAGS} scalar tags: {st.dropped_count}"
+                            f"{'+' if len(st.dropped) >= MAX_TAGS else ''} further tags not read")
     src.records = st.records
     series = []
     for tag, acc in st.accs.items():
@@ -180,38 +219,9 @@ def parse(path: Path, rel: str, *, verify_data_crc: bool = False,
     return Parsed(source=src, series=series, facts=st.facts)
 
 
-class _MmapWindows:
-    """Windows of the file through mmap; pages already parsed are dropped from RSS."""
-
-    def __init__(self, f, size: int) -> None:
-        self.size = size
-        self.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        self.mv = memoryview(self.mm)
-        self.dropped = 0
-
-    def window(self, base: int, want: int) -> tuple[memoryview, bool]:
-        end = min(self.size, base + want)
-        return self.mv[base:end], end >= self.size
-
-    def advance(self, base: int) -> None:
-        upto = base - base % mmap.PAGESIZE
-        if upto - self.dropped >= 1 << 22 and hasattr(self.mm, "madvise"):
-            try:
-                self.mm.madvise(mmap.MADV_DONTNEED, self.dropped, upto - self.dropped)
-            except (OSError, ValueError, AttributeError):
-                pass
-            self.dropped = upto
-
-    def close(self) -> None:
-        try:
-            self.mv.release()
-            self.mm.close()
-        except BufferError:       # a numpy view still alive: let the GC close it
-            pass
-
-
 class _ReadWindows:
-    """The same windows by plain reads, where mmap is not available."""
+    """Windows of the file by plain reads: the bytes from ``base``, at least ``want`` of
+    them unless the file ends first."""
 
     def __init__(self, f, size: int) -> None:
         self.f, self.size = f, size
@@ -241,10 +251,7 @@ def _read(f, st: _State, src: Source, verify_data_crc: bool, fast_path: bool,
     if size == 0:
         src.problems.append("empty file")
         return
-    try:
-        win = _MmapWindows(f, size)
-    except (OSError, ValueError):
-        win = _ReadWindows(f, size)
+    win = _ReadWindows(f, size)
     try:
         _read_windows(win, size, st, src, verify_data_crc, fast_path, chunk_size)
     finally:
@@ -395,58 +402,51 @@ def _decode_chunk(v: _Views, buf: bytes, starts: np.ndarray, lens: np.ndarray,
         st.facts["tfevents_start_wall_time"] = float(walls[0])
     slow = np.flatnonzero(~fast)
     if len(slow):
-        s_rec: list[int] = []
-        s_tag: list[int] = []
-        s_step: list[int] = []
-        s_val: list[float] = []
-        s_wall: list[float] = []
+        # compact columns: one record may hold hundreds of thousands of values
+        s_rec, s_tag, s_step = array("q"), array("q"), array("q")
+        s_val, s_wall = array("d"), array("d")
         tag_index = {t: i for i, t in enumerate(tags)}
+        room_box = [sum(1 for t in tags if t not in st.accs)]       # new tags in this chunk
         for i in slow.tolist():
             off = int(o[i])
-            try:
-                ev = event_pb2.Event.FromString(bytes(buf[off:off + int(lens[i])]))
-            except DecodeError:
-                st.undecodable += 1
-                continue
-            if first_record and i == 0:
-                st.facts["tfevents_start_wall_time"] = ev.wall_time
-                if ev.WhichOneof("what") == "file_version":
-                    st.facts["tfevents_file_version"] = ev.file_version
-            if not ev.HasField("summary"):
-                continue
-            for val in ev.summary.value:
-                tag = val.tag
-                if val.HasField("metadata") and tag not in st.plugin:
-                    st.plugin[tag] = val.metadata.plugin_data.plugin_name
-                kind = val.WhichOneof("value")
-                if kind == "simple_value":
-                    x = val.simple_value
-                elif kind == "tensor" and st.plugin.get(tag) == "scalars":
-                    x = _tensor_scalar(val.tensor)
-                    if x is None:
-                        continue
-                else:
+            n_before = len(s_rec)
+            big = _big_summary(buf, off, int(lens[i])) if lens[i] > BIG_RECORD else None
+            if big is not None:
+                # one record with very many values: decoded value by value, never whole
+                ev_wall, ev_step, vals = big
+            else:
+                try:
+                    ev = event_pb2.Event.FromString(bytes(buf[off:off + int(lens[i])]))
+                except DecodeError:
+                    st.undecodable += 1
                     continue
-                t = tag_index.get(tag)
-                if t is None:
-                    t = tag_index[tag] = len(tags)
-                    tags.append(tag)
-                s_rec.append(i)
-                s_tag.append(t)
-                s_step.append(ev.step)
-                s_val.append(x)
-                s_wall.append(ev.wall_time)
+                if first_record and i == 0:
+                    st.facts["tfevents_start_wall_time"] = ev.wall_time
+                    if ev.WhichOneof("what") == "file_version":
+                        st.facts["tfevents_file_version"] = ev.file_version
+                if not ev.HasField("summary"):
+                    continue
+                ev_wall, ev_step, vals = ev.wall_time, ev.step, ev.summary.value
+            try:
+                _collect(vals, i, ev_step, ev_wall, st, tag_index, tags, room_box, s_rec, s_tag,
+                         s_step, s_val, s_wall)
+            except DecodeError:
+                for col in (s_rec, s_tag, s_step, s_val, s_wall):
+                    del col[n_before:]          # the whole record, or nothing of it
+                st.undecodable += 1
         if s_rec:
-            rec = np.concatenate([np.flatnonzero(fast), np.asarray(s_rec, np.int64)])
+            rec = np.concatenate([np.flatnonzero(fast), np.frombuffer(s_rec, np.int64)])
             order = np.argsort(rec, kind="stable")
-            tag_ids = np.concatenate([tag_ids, np.asarray(s_tag, np.int64)])[order]
-            steps = np.concatenate([steps, np.asarray(s_step, np.int64)])[order]
-            values = np.concatenate([values, np.asarray(s_val, np.float64)])[order]
-            walls = np.concatenate([walls, np.asarray(s_wall, np.float64)])[order]
+            tag_ids = np.concatenate([tag_ids, np.frombuffer(s_tag, np.int64)])[order]
+            steps = np.concatenate([steps, np.frombuffer(s_step, np.int64)])[order]
+            values = np.concatenate([values, np.frombuffer(s_val, np.float64)])[order]
+            walls = np.concatenate([walls, np.frombuffer(s_wall, np.float64)])[order]
     if not len(tag_ids):
         return
     if len(tags) == 1:
-        st.acc(tags[0]).extend(steps, values, walls)
+        acc = st.acc(tags[0])
+        if acc is not None:
+            acc.extend(steps, values, walls)
         return
     order = np.argsort(tag_ids, kind="stable")
     groups = []
@@ -457,7 +457,112 @@ def _decode_chunk(v: _Views, buf: bytes, starts: np.ndarray, lens: np.ndarray,
             lo += c
     groups.sort()          # new tags enter in the order the file first shows them
     for _, t, sel in groups:
-        st.acc(tags[t]).extend(steps[sel], values[sel], walls[sel])
+        acc = st.acc(tags[t])
+        if acc is not None:
+            acc.extend(steps[sel], values[sel], walls[sel])
+
+
+def _collect(vals, i: int, step: int, wall: float, st: _State, tag_index: dict, tags: list,
+             room_box: list, s_rec, s_tag, s_step, s_val, s_wall) -> None:
+    """The scalar values of one record (protobuf path) into the chunk's columns; tags
+    past MAX_TAGS are counted, not collected."""
+    for val in vals:
+        tag = val.tag
+        if val.HasField("metadata") and tag not in st.plugin:
+            st.plugin[tag] = val.metadata.plugin_data.plugin_name
+        kind = val.WhichOneof("value")
+        if kind == "simple_value":
+            x = val.simple_value
+        elif kind == "tensor" and st.plugin.get(tag) == "scalars":
+            x = _tensor_scalar(val.tensor)
+            if x is None:
+                continue
+        else:
+            continue
+        t = tag_index.get(tag)
+        if t is None:
+            if tag not in st.accs:
+                if not st.admit(tag, room_box[0]):   # past MAX_TAGS: counted, not collected
+                    continue
+                room_box[0] += 1
+            t = tag_index[tag] = len(tags)
+            tags.append(tag)
+        s_rec.append(i)
+        s_tag.append(t)
+        s_step.append(step)
+        s_val.append(x)
+        s_wall.append(wall)
+
+
+def _varint(b, pos: int, end: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise DecodeError("bad varint")
+        c = b[pos]
+        pos += 1
+        result |= (c & 0x7F) << shift
+        if not c & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(b, pos: int, end: int):
+    """(field number, wire type, value or (start, end) of a length-delimited field)."""
+    while pos < end:
+        key, pos = _varint(b, pos, end)
+        field, wt = key >> 3, key & 7
+        if wt == 0:
+            v, pos = _varint(b, pos, end)
+            yield field, wt, v
+        elif wt == 1:
+            if pos + 8 > end:
+                raise DecodeError("cut fixed64")
+            yield field, wt, (pos, pos + 8)
+            pos += 8
+        elif wt == 2:
+            n, pos = _varint(b, pos, end)
+            if pos + n > end:
+                raise DecodeError("cut field")
+            yield field, wt, (pos, pos + n)
+            pos += n
+        elif wt == 5:
+            if pos + 4 > end:
+                raise DecodeError("cut fixed32")
+            yield field, wt, (pos, pos + 4)
+            pos += 4
+        else:
+            raise DecodeError(f"wire type {wt}")
+
+
+def _big_summary(buf, off: int, n: int):
+    """A large record that is an Event with a summary (wall_time=1, step=2, summary=5,
+    nothing else): (wall_time, step, values decoded one ``Summary.Value`` at a time).
+    None for anything else, which then goes through ``Event.FromString`` as usual.  A
+    record naming 300,000 tags is then never held as 300,000 protobuf objects."""
+    from tensorboard.compat.proto import summary_pb2
+    wall, step, summ = 0.0, 0, None
+    try:
+        for field, wt, v in _fields(buf, off, off + n):
+            if field == 1 and wt == 1:
+                wall = _DOUBLE(buf, v[0])[0]
+            elif field == 2 and wt == 0:
+                step = v - (1 << 64) if v >= 1 << 63 else v
+            elif field == 5 and wt == 2 and summ is None:
+                summ = v
+            else:
+                return None
+    except DecodeError:
+        return None
+    if summ is None:
+        return None
+
+    def values():
+        parse = summary_pb2.Summary.Value.FromString
+        for field, wt, (a, b) in _fields(buf, *summ):
+            if field == 1 and wt == 2:
+                yield parse(bytes(buf[a:b]))
+    return wall, step, values()
 
 
 def _tensor_scalar(t) -> float | None:

@@ -9,18 +9,21 @@ entry (``train_runtime``, ``train_loss``, ``total_flos``...).
 """
 from __future__ import annotations
 
-import json
 import math
+import os
 import re
+from array import array
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lorascope.ingest._lines import ProblemLog, read_bounded
+from lorascope.ingest import _json
+from lorascope.ingest._lines import ProblemLog
 from lorascope.ingest._lines import json_int as _int
 from lorascope.ingest._lines import json_number as _num
 from lorascope.model import ConfigValue, Parsed, RawSeries, Source
+from lorascope.safe_open import open_file
 
 KIND = "trainer_state"
 MAX_BYTES = 1024 * 1024 * 1024        # a trainer_state.json larger than this is not read
@@ -33,42 +36,87 @@ SKIP_SUFFIXES = ("_runtime", "_samples_per_second", "_steps_per_second")
 CORE_KEYS = {"loss", "eval_loss", "learning_rate", "lr", "grad_norm"}
 CHECKPOINT_RE = re.compile(r"(?:^|/)checkpoint-(\d+)/[^/]*$")
 # a top-level scalar line as HF writes it (indent=2), for salvaging a truncated file
+_SEP = re.compile(r"[ \t\n\r]*([,\]])[ \t\n\r]*")
+SUMMARY_SET = frozenset(SUMMARY_KEYS)
 TOP_SCALAR_RE = re.compile(r'^  "(\w+)": (-?[0-9.eE+-]+|null|true|false|"[^"\n]*"|NaN|Infinity|-Infinity),?\s*$',
                            re.M)
 
 
-def _salvage(text: str) -> dict:
-    """What can be read from a file that is not valid JSON (usually cut short):
-    top-level scalars and the complete entries of ``log_history``."""
-    out: dict[str, Any] = {}
-    for m in TOP_SCALAR_RE.finditer(text):
-        try:
-            out[m.group(1)] = json.loads(m.group(2))
-        except ValueError:
-            pass
-    i = text.find('"log_history"')
-    if i >= 0:
-        j = text.find("[", i)
-        entries = []
-        if j >= 0:
-            dec = json.JSONDecoder()
-            pos = j + 1
-            n = len(text)
-            while pos < n:
-                while pos < n and text[pos] in " \t\r\n,":
-                    pos += 1
-                if pos >= n or text[pos] == "]":
-                    break
+class _Text:
+    """The file as text (UTF-8, BOM dropped, bad bytes replaced), read in pieces; notes
+    whether any byte had to be replaced."""
+
+    def __init__(self, fh):
+        import codecs
+        self.fh = fh
+        self.dec = codecs.getincrementaldecoder("utf-8-sig")(errors="replace")
+        self.replaced = False
+
+    def read(self, n: int) -> str:
+        raw = self.fh.read(n)
+        text = self.dec.decode(raw, final=not raw)
+        if "\ufffd" in text:
+            self.replaced = True
+        return text
+
+
+def _stream(ts: _json.TextStream, state: dict, hist: "_History") -> None:
+    """The top-level object, key by key, ``log_history`` entry by entry (never held
+    whole).  Raises ValueError (with what was read kept) on invalid JSON."""
+    if not ts.take("{"):
+        if ts.peek() is None:
+            raise EOFError
+        state["__top__"] = ts.value()            # a list, a number: reported by the caller
+        return
+    first = True
+    while True:
+        if ts.take("}"):
+            return
+        if not first and not ts.take(","):
+            raise ValueError(f"expected ',' or '}}' at character {ts.offset()}")
+        first = False
+        key = ts.value()
+        if not isinstance(key, str) or not ts.take(":"):
+            raise ValueError(f"expected a key at character {ts.offset()}")
+        if key == "log_history" and ts.take("["):
+            hist.started()
+            if not ts.take("]"):
+                while True:
+                    # entries are reduced to numbers, so their nesting needs no walk
+                    hist.add(ts.value(check_depth=False))
+                    m = _SEP.match(ts.buf, ts.pos)    # the common case, in one regex call
+                    if m is not None and m.end() < len(ts.buf):
+                        ts.pos = m.end()
+                        if m.group(1) == "]":
+                            break
+                        continue
+                    if ts.take("]"):
+                        break
+                    if not ts.take(","):
+                        raise ValueError(f"expected ',' or ']' at character {ts.offset()}")
+            continue
+        state[key] = ts.value()
+
+
+def _salvage_scalars(ts: _json.TextStream, state: dict) -> None:
+    """Top-level scalars (as HF writes them, one per line) after the point where the
+    JSON broke, piece by piece."""
+    tail = ""
+    for piece in ts.rest():
+        text = tail + piece
+        cut = text.rfind("\n") + 1
+        for m in TOP_SCALAR_RE.finditer(text[:cut]):
+            if m.group(1) not in state:
                 try:
-                    obj, pos = dec.raw_decode(text, pos)
+                    state[m.group(1)] = _json.loads(m.group(2))
                 except ValueError:
-                    break
-                entries.append(obj)
-        out["log_history"] = entries
-    return out
+                    pass
+        tail = text[cut:][-4096:]
 
 
 def parse(path: Path, rel: str) -> Parsed:
+    """Stream the file: memory stays within the columns kept (16 bytes a number) and
+    one log entry, whatever the file's size."""
     src = Source(path=rel, kind=KIND)
     parsed = Parsed(source=src)
     problems = ProblemLog()
@@ -76,29 +124,62 @@ def parse(path: Path, rel: str) -> Parsed:
     m = CHECKPOINT_RE.search(rel)
     if m:
         parsed.facts["checkpoint_step"] = int(m.group(1))
-    raw = read_bounded(path, src.problems, MAX_BYTES)
-    if raw is None:
-        return parsed
-    text = raw.decode("utf-8-sig", errors="replace")
-    if "\ufffd" in text:
-        problems.add("bytes that are not UTF-8 (replaced)")
     try:
-        state = json.loads(text)
-    except ValueError as e:
-        state = _salvage(text)
-        n = len(state.get("log_history", []))
-        src.problems.append(f"not valid JSON ({str(e)[:120]}); salvaged {n} log_history entries")
-    except RecursionError:
-        src.problems.append("JSON nested too deeply")
+        fh = open_file(path)
+    except OSError as e:
+        src.problems.append(f"cannot read ({e.strerror or e})")
         return parsed
-    if not isinstance(state, dict):
-        src.problems.append(f"top level is {type(state).__name__}, not an object")
+    state: dict[str, Any] = {}
+    hist = _History(parsed, ProblemLog(), rel)     # its problems go after the facts
+    with fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size > MAX_BYTES:
+            src.problems.append(f"file is {size} bytes, larger than {MAX_BYTES}: not read")
+            return parsed
+        text = _Text(fh)
+        ts = _json.TextStream(text)
+        try:
+            _stream(ts, state, hist)
+        except EOFError:
+            src.problems.append("empty file")
+            return parsed
+        except _json.NestedTooDeep as e:
+            src.problems.append(f"{e}: not read")
+            return parsed
+        except ValueError as e:
+            _salvage_scalars(ts, state)
+            src.problems.append(f"not valid JSON ({str(e)[:120]}); salvaged {hist.n} log_history entries")
+        except MemoryError:
+            src.problems.append(f"out of memory after {hist.n} log_history entries of this "
+                                f"{size}-byte file: not read")
+            return parsed
+    if text.replaced:
+        problems.add("bytes that are not UTF-8 (replaced)")
+    if "__top__" in state:
+        src.problems.append(f"top level is {_kind(state['__top__'])}, not an object")
         return parsed
-
     _facts(state, parsed, problems, rel)
-    _history(state.get("log_history"), parsed, problems, rel)
+    if not hist.seen:
+        _history_value(state.get("log_history"), hist, problems)
+    hist.finish()
+    for text_ in hist.problems.kept:
+        problems.add(text_)
+    problems.more += hist.problems.more
     src.problems.extend(problems.out())
     return parsed
+
+
+def _kind(v: Any) -> str:
+    return {dict: "dict", list: "list", str: "str", bool: "bool", int: "int",
+            float: "float", type(None): "NoneType"}.get(type(v), type(v).__name__)
+
+
+def _short(v: Any) -> str:
+    """A value in a problem message: scalars as written, containers by kind and size
+    (never str() of a nested value)."""
+    if isinstance(v, (list, dict)):
+        return f"a {_kind(v)} of {len(v)}"
+    return str(v)[:40]
 
 
 def _facts(state: dict, parsed: Parsed, problems: ProblemLog, rel: str) -> None:
@@ -109,7 +190,7 @@ def _facts(state: dict, parsed: Parsed, problems: ProblemLog, rel: str) -> None:
             return
         v = _int(state[key])
         if v is None:
-            problems.add(f"{key} is not an integer: {str(state[key])[:40]}")
+            problems.add(f"{key} is not an integer: {_short(state[key])}")
             return
         f[fact] = v
         if cfg and (v > 0 or not positive):
@@ -128,7 +209,7 @@ def _facts(state: dict, parsed: Parsed, problems: ProblemLog, rel: str) -> None:
     if ep is not None:
         v = _num(ep)
         if v is None:
-            problems.add(f"num_train_epochs is not a number: {str(ep)[:40]}")
+            problems.add(f"num_train_epochs is not a number: {_short(ep)}")
         elif math.isfinite(v) and 0 < v <= MAX_EPOCHS:
             epochs = int(v) if v == int(v) else v
             f["num_train_epochs"] = epochs
@@ -145,32 +226,49 @@ def _facts(state: dict, parsed: Parsed, problems: ProblemLog, rel: str) -> None:
         f["best_metric"] = bm
 
 
-def _history(hist: Any, parsed: Parsed, problems: ProblemLog, rel: str) -> None:
-    f = parsed.facts
+def _history_value(hist: Any, acc: "_History", problems: ProblemLog) -> None:
+    """log_history when it was not a list streamed entry by entry."""
     if hist is None:
-        f["log_history_len"] = 0
         problems.add("no log_history")
-        return
-    if not isinstance(hist, list):
-        f["log_history_len"] = 0
-        problems.add(f"log_history is {type(hist).__name__}, not a list")
-        return
-    f["log_history_len"] = len(hist)
-    parsed.source.records = len(hist)
-    points: dict[str, tuple[list[int], list[float]]] = {}
-    epoch_seen: set[int] = set()
-    no_step = 0
+    elif not isinstance(hist, list):
+        problems.add(f"log_history is {_kind(hist)}, not a list")
+    else:
+        acc.started()
+        for e in hist:
+            acc.add(e)
 
-    def add(tag: str, step: int, value: float) -> None:
-        s, v = points.setdefault(tag, ([], []))
-        s.append(step)
-        v.append(value)
 
-    for i, e in enumerate(hist):
+class _History:
+    """``log_history`` entries, one at a time, into one pair of columns (int64 steps,
+    float64 values) per key."""
+
+    def __init__(self, parsed: Parsed, problems: ProblemLog, rel: str):
+        self.parsed, self.problems, self.rel = parsed, problems, rel
+        self.points: dict[str, tuple[array, array]] = {}
+        self.route: dict[str, str | None] = {}       # key -> its tag, or None: not a curve
+        self.epoch_seen: set[int] = set()
+        self.n = 0
+        self.no_step = 0
+        self.seen = False
+
+    def started(self) -> None:
+        self.seen = True
+
+    def _add(self, tag: str, step: int, value: float) -> None:
+        cols = self.points.get(tag)
+        if cols is None:
+            cols = self.points[tag] = (array("q"), array("d"))
+        cols[0].append(step)
+        cols[1].append(value)
+
+    def add(self, e: Any) -> None:
+        i = self.n
+        self.n += 1
+        problems, f = self.problems, self.parsed.facts
         if not isinstance(e, dict):
-            problems.add(f"log_history[{i}] is {type(e).__name__}, not an object")
-            continue
-        if any(k in e for k in SUMMARY_KEYS):
+            problems.add(f"log_history[{i}] is {_kind(e)}, not an object")
+            return
+        if not SUMMARY_SET.isdisjoint(e):
             tl = _num(e.get("train_loss"))
             if tl is not None:
                 f["final_train_loss"] = tl
@@ -180,37 +278,55 @@ def _history(hist: Any, parsed: Parsed, problems: ProblemLog, rel: str) -> None:
             st = _int(e.get("step"))
             if st is not None:
                 f["summary_step"] = st
-            continue
+            return
         if "step" not in e:
-            no_step += 1
-            continue
+            self.no_step += 1
+            return
         step = _int(e["step"])
         if step is None or step < 0:
-            problems.add(f"log_history[{i}].step is not a step number: {str(e['step'])[:40]}")
-            continue
+            problems.add(f"log_history[{i}].step is not a step number: {_short(e['step'])}")
+            return
         ep = e.get("epoch")
         if ep is not None:
             v = _num(ep)
             if v is None:
-                problems.add(f"log_history[{i}].epoch is not a number: {str(ep)[:40]}")
-            elif step not in epoch_seen:
-                epoch_seen.add(step)
-                add("epoch", step, v)
+                problems.add(f"log_history[{i}].epoch is not a number: {_short(ep)}")
+            elif step not in self.epoch_seen:
+                self.epoch_seen.add(step)
+                self._add("epoch", step, v)
         has_lr = "learning_rate" in e
+        route, points = self.route, self.points
         for k, val in e.items():
-            if k in SKIP_KEYS or k.endswith(SKIP_SUFFIXES):
+            tag = route.get(k, False)
+            if tag is False:
+                tag = route[k] = None if (k in SKIP_KEYS or k.endswith(SKIP_SUFFIXES)) else k
+            if tag is None:
                 continue
-            v = _num(val)
-            if v is None:
-                if val is None or (isinstance(val, str) and k not in CORE_KEYS):
-                    continue        # remaining_time: "59h:30m", a null metric
-                problems.add(f"log_history[{i}].{k} is {type(val).__name__}, not a number")
-                continue
-            tag = "learning_rate" if (k == "lr" and not has_lr) else k
-            add(tag, step, v)
-    if no_step:
-        f["entries_without_step"] = no_step
+            if type(val) is float:
+                v = val
+            else:
+                v = _num(val)
+                if v is None:
+                    if val is None or (isinstance(val, str) and k not in CORE_KEYS):
+                        continue        # remaining_time: "59h:30m", a null metric
+                    problems.add(f"log_history[{i}].{k} is {_kind(val)}, not a number")
+                    continue
+            if k == "lr" and not has_lr:
+                tag = "learning_rate"
+            cols = points.get(tag)
+            if cols is None:
+                cols = points[tag] = (array("q"), array("d"))
+            cols[0].append(step)
+            cols[1].append(v)
 
-    for tag, (s, v) in points.items():
-        parsed.series.append(RawSeries(tag=tag, steps=np.asarray(s, dtype=np.int64),
-                                       values=np.asarray(v, dtype=np.float64), source=rel))
+    def finish(self) -> None:
+        f = self.parsed.facts
+        f["log_history_len"] = self.n
+        if self.seen:
+            self.parsed.source.records = self.n
+        if self.no_step:
+            f["entries_without_step"] = self.no_step
+        for tag, (s, v) in self.points.items():
+            self.parsed.series.append(RawSeries(tag=tag, steps=np.frombuffer(s, dtype=np.int64).copy(),
+                                                values=np.frombuffer(v, dtype=np.float64).copy(),
+                                                source=self.rel))

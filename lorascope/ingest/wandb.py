@@ -61,6 +61,7 @@ import numpy as np
 from lorascope.ingest import _pbwire as W
 from lorascope.ingest import _tracker
 from lorascope.model import LogEvent, Parsed, RawSeries, Source
+from lorascope.safe_open import open_file
 
 KIND = "wandb"
 IDENT, MAGIC, VERSION = b":W&B", 0xBEE1, 0
@@ -131,7 +132,7 @@ def parse(path: Path, rel: str, *, fast_path: bool = True) -> Parsed:
     src = Source(path=rel, kind=KIND)
     st = _State(rel)
     try:
-        f = open(path, "rb")
+        f = open_file(path)
     except OSError as e:
         src.problems.append(f"cannot open: {e.strerror or e}")
         return Parsed(source=src)

@@ -26,9 +26,10 @@ def _mpl():
 
 
 def safe_label(text: str) -> str:
-    """A string from a file as a matplotlib label: no mathtext, bounded length."""
-    text = re.sub(r"[\x00-\x1f\x7f]", " ", str(text))[:60]
-    return text.replace("$", r"\$")
+    """A string from a file as a matplotlib label: control, bidi and invisible characters
+    escaped (report/safe.py), no mathtext, bounded length."""
+    from lorascope.report.safe import visible
+    return visible(text)[:60].replace("$", r"\$")
 
 
 def reduce_points(steps: np.ndarray, values: np.ndarray, n: int = MAX_POINTS):

@@ -3,23 +3,47 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
+import hashlib
 import io
 from pathlib import Path
+from urllib.parse import quote
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
 from lorascope import __version__
 from lorascope.report import charts
+from lorascope.report.paths import write_report
+from lorascope.report.safe import visible
 from lorascope.rules.registry import data_dir
+from lorascope.safe_open import open_file
 
 MAX_THUMBS = 24
+
+
+def _visible_value(v):
+    """Every ``{{ }}`` value of a page: a string shows its control, bidi and invisible
+    characters escaped (as in the terminal), so none reaches the HTML file raw; our own
+    markup (charts, the script) is Markup and passes untouched.  Autoescaping follows."""
+    if isinstance(v, Markup) or not isinstance(v, str):
+        return v
+    return visible(v)
 
 
 def _env() -> Environment:
     return Environment(loader=FileSystemLoader(str(data_dir("reports/templates"))),
                        autoescape=select_autoescape(["html", "j2"], default=True),
-                       trim_blocks=True, lstrip_blocks=True)
+                       trim_blocks=True, lstrip_blocks=True, finalize=_visible_value)
+
+
+def _script(*names: str) -> tuple[Markup, str]:
+    """The page's own JavaScript (files beside the templates) and its CSP source: the
+    pages allow exactly this script by hash, so no inline handler and no ``javascript:``
+    link can run, whatever a string from the data managed to become."""
+    folder = data_dir("reports/templates")
+    js = "\n".join((folder / n).read_text(encoding="utf-8") for n in names)
+    digest = base64.b64encode(hashlib.sha256(js.encode("utf-8")).digest()).decode()
+    return Markup(js), f"sha256-{digest}"
 
 
 def _fmt(v) -> str:
@@ -74,7 +98,7 @@ def story(run, findings, verdict: str) -> str:
 def _thumb(path: Path) -> str | None:
     from PIL import Image
     try:
-        with Image.open(path) as im:
+        with open_file(path) as fh, Image.open(fh) as im:
             if im.width * im.height > 64_000_000:
                 return None
             im.draft("RGB", (160, 160))
@@ -110,14 +134,17 @@ def flagged_images(run, findings) -> list[dict]:
                 continue
             seen.add(name)
             ds, it = items.get(name, (None, None))
-            roots = [run_dir] + ([Path(ds.root).resolve()] if ds is not None else [])
-            p = run_dir / name
-            if it is not None and it.disk_name:
-                p = p.with_name(it.disk_name)
-            p = p.resolve()
             thumb = None
-            if any(r in p.parents for r in roots) and p.is_file():
-                thumb = _thumb(p)
+            try:                 # a name with a NUL, too long, a link loop: no thumbnail
+                roots = [run_dir] + ([Path(ds.root).resolve()] if ds is not None else [])
+                p = run_dir / name
+                if it is not None and it.disk_name:
+                    p = p.with_name(it.disk_name)
+                p = p.resolve()
+                if any(r in p.parents for r in roots) and p.is_file():
+                    thumb = _thumb(p)
+            except (OSError, ValueError, RuntimeError):
+                pass
             out.append({"file": name, "rule": f.rule, "caption": it.caption if it else None,
                         "thumb": thumb, "error": it.error if it else None,
                         "disk_name": it.disk_name if it else None})
@@ -162,29 +189,43 @@ def render_html(a, doc: dict) -> str:
         "generated": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "rule_errors": a.rule_errors[::2],
     }
+    ctx["script"], ctx["script_hash"] = _script("filters.js", "sortable.js")
     return _env().get_template("report.html.j2").render(**ctx)
 
 
-def write_html(a, doc: dict, target: Path) -> Path:
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(render_html(a, doc), encoding="utf-8", errors="replace")  # lone surrogates: non-UTF-8 names
-    return target
+def write_html(a, doc: dict, target: Path, run_dirs: list | None = None) -> Path:
+    """Render and write the report (see :func:`~lorascope.report.paths.write_report`:
+    never into a run directory or through a link to one of its files).  Raises
+    ReportWriteError with a one-line reason."""
+    return write_report(Path(target), render_html(a, doc),
+                        run_dirs if run_dirs is not None else [a.run.path])
 
 
-def write_index(docs: list[dict], htmls: list[str | None], target: Path) -> Path:
+def _href(report: str | None, index: Path) -> str | None:
+    """A link from the index to a report: a relative path (``./name.html``), escaped,
+    never a URL scheme, whatever the run folder was called."""
+    if not report:
+        return None
+    p = Path(report)
+    if p.parent.resolve() != index.parent.resolve():
+        return None                           # only reports written beside the index
+    return "./" + quote(p.name, safe="")
+
+
+def write_index(docs: list[dict], htmls: list[str | None], target: Path,
+                errors: list[dict] = (), run_dirs: list | None = None) -> Path:
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for d, h in zip(docs, htmls):
         top = d["findings"][0] if d["findings"] else None
         rows.append({"path": d["run"]["path"], "trainer": d["run"]["trainer"], "verdict": d["verdict"],
                      "steps": d["run"]["steps"], "n": len(d["findings"]),
-                     "top": top, "href": Path(h).name if h else None,
+                     "top": top, "href": _href(h, target),
                      "counts": {s: sum(1 for f in d["findings"] if f["severity"] == s)
                                 for s in ("critical", "warning", "info")}})
+    script, script_hash = _script("sortable.js")
     html = _env().get_template("index.html.j2").render(
-        rows=rows, version=__version__,
+        rows=rows, errors=list(errors), version=__version__, script=script, script_hash=script_hash,
         generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
-    target.write_text(html, encoding="utf-8", errors="replace")
-    return target
+    return write_report(target, html, list(run_dirs if run_dirs is not None
+                                           else [d["run"]["path"] for d in docs]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from lorascope.model import SEVERITY_ORDER
+from lorascope.report.safe import visible, visible_tree
 
 COLORS = {"critical": "red", "warning": "yellow", "info": "cyan",
           "failed": "red", "healthy": "green"}
@@ -50,6 +51,13 @@ def _other_runs(doc: dict) -> list[str]:
 
 
 def render_text(doc: dict, color: bool = False, html_path: str | None = None) -> str:
+    """The summary for a terminal or a pipe.  Every string of the document (file names,
+    titles, evidence, config values) goes through :func:`~lorascope.report.safe.visible`
+    first: control characters and bidi overrides from the data are shown escaped, so only
+    our own colours reach the terminal as sequences."""
+    doc = visible_tree(doc)
+    html_path = visible(html_path) if html_path else html_path
+
     def st(s: str, key: str, bold: bool = False) -> str:
         return click.style(s, fg=COLORS.get(key), bold=bold) if color else s
 

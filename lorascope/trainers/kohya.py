@@ -14,7 +14,6 @@ the global step of the save.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from lorascope.trainers import DataCount, Layout, Plan
+from lorascope.ingest import _json
+from lorascope.safe_open import read_text
 from lorascope.trainers._keys import (Key, Out, common, enum_str, epochs_and_steps, find,
                                       lower_str, parse_resolution, read_table, to_bool,
                                       to_float, to_int, to_number, to_str, warmup)
@@ -273,14 +274,14 @@ def count_meta_json(p: Path | None) -> int | None:
     try:
         if not p.is_file() or p.stat().st_size > MAX_META_FILE:
             return None
-        text = p.read_text(encoding="utf-8-sig", errors="replace")
+        text = read_text(p, MAX_META_FILE)
     except OSError:
         return None
     if p.suffix.lower() == ".jsonl":
         return sum(1 for line in text.splitlines() if line.strip()) or None
     try:
-        doc = json.loads(text)
-    except (ValueError, RecursionError):
+        doc = _json.loads(text)
+    except ValueError:                       # NestedTooDeep too
         return None
     return len(doc) if isinstance(doc, dict) and doc else None
 
@@ -297,8 +298,8 @@ def _meta_json(meta: dict[str, str], key: str) -> Any:
     if not isinstance(raw, str) or not raw or len(raw) > MAX_META_JSON:
         return None
     try:
-        return json.loads(raw)
-    except (ValueError, RecursionError):
+        return _json.loads(raw)
+    except ValueError:
         return None
 
 

@@ -10,12 +10,13 @@ LLaMA-Factory passes the TrainingArguments keys through to HF ``Trainer``
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path, PurePosixPath
 
 from lorascope.trainers import DataCount, Layout, Plan, hf_trainer
+from lorascope.ingest import _json
+from lorascope.safe_open import is_regular, read_text
 from lorascope.trainers._keys import Key, Out, find, read_table, str_list, to_float, to_int, to_number, to_str
 
 MAX_BYTES = 4 * 1024 * 1024
@@ -83,8 +84,8 @@ def dataset_files(names: list[str], ddir: str | None, path: Path, rel: str) -> l
     for b in bases:
         f = b / "dataset_info.json"
         try:
-            if f.is_file() and f.stat().st_size <= MAX_BYTES:
-                loaded = json.loads(f.read_text(encoding="utf-8-sig", errors="replace"))
+            if is_regular(f) and f.stat().st_size <= MAX_BYTES:
+                loaded = _json.loads(read_text(f, MAX_BYTES))
                 if isinstance(loaded, dict):
                     info = loaded
                     break

@@ -135,7 +135,9 @@ def test_file_links_to_outside_are_named(tmp_path):
     os.mkfifo(run / "pipe.log")                         # open() would block forever
     r, doc, _ = analyze(run, tmp_path / "out", html=False)
     assert any("outside the run directory" in p for p in problems_of(doc, "train.log"))
-    assert not problems_of(doc, "zero.log") and not problems_of(doc, "pipe.log")
+    # never opened, and named: a device and a FIFO are no logs
+    assert problems_of(doc, "zero.log") == ["link into /dev (/dev/zero): never read"]
+    assert any("not a regular file" in p for p in problems_of(doc, "pipe.log"))
 
 
 def test_twenty_thousand_files_finish_in_bounded_time(tmp_path):

@@ -69,6 +69,19 @@ test_wandb = _case("wandb")
 test_wandb_files = _case("wandb_files")
 test_mlflow = _case("mlflow")
 test_aitk = _case("aitk")
+test_terminal = _case("terminal")
+test_html = _case("html")
+
+
+@FAST
+@given(strings=st.lists(st.text(alphabet=st.characters(codec="utf-8") | st.sampled_from(
+    list("\x1b\r\n\b\x07\x9b\u202e\u2066\u200b\ufeff\U000e0041[];:/\\<>\"'")), max_size=40),
+    min_size=1, max_size=12))
+def test_output_strings_of_every_character(strings):
+    """Structured: any Unicode text (escape sequences, bidi, tags) in every data field."""
+    data = b"\xfe".join(s.encode("utf-8", "surrogatepass") for s in strings)
+    harness.terminal(data)
+    harness.html(data)
 
 
 json_value = st.recursive(

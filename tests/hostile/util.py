@@ -95,9 +95,46 @@ def analyze(run_dir: Path, out: Path, *, subprocess_: bool = False, limited: boo
     return r, doc, page
 
 
+def run_in_pty(args, *, cwd: Path, timeout: float = 240, env: dict | None = None) -> bytes:
+    """The CLI as a real process whose stdout and stderr are a pseudo-terminal (what a
+    user sees: colours on, progress on); returns every byte the terminal received."""
+    import pty
+    import select
+    e = dict(os.environ)
+    for k in ("LORASCOPE_STRICT", "NO_COLOR"):
+        e.pop(k, None)
+    e.update(TERM="xterm-256color", **(env or {}))
+    master, slave = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "lorascope.cli", *map(str, args)], cwd=cwd, env=e,
+                         stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    out = bytearray()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if not ready:
+                if p.poll() is not None:
+                    break
+                continue
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:             # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        os.close(master)
+        if p.poll() is None:
+            p.kill()
+        p.wait(timeout=30)
+    return bytes(out)
+
+
 def problems_of(doc: dict, path_part: str) -> list[str]:
     return [p for s in doc["run"]["sources"] if path_part in s["path"] for p in s["problems"]]
 
 
 __all__ = ["ROOT", "analyze", "assert_clear_answer", "base_run", "healthy_history", "problems_of",
-           "run_limited", "strict_json"]
+           "run_in_pty", "run_limited", "strict_json"]

@@ -1,0 +1,12 @@
+"""atheris harness: the report and index pages on fuzzed data strings (see fuzz/harness.py).
+
+    .venv/bin/python fuzz/fuzz_html.py fuzz/corpus/html/queue fuzz/seeds/html -max_total_time=60
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+if __name__ == "__main__":
+    from _main import run
+    run("html")
