@@ -50,10 +50,12 @@ def drop_copies(series: list[Series]) -> list[Series]:
 
     A series is dropped when it repeats (:func:`same_curve`) an earlier kept series of
     its role (of role ``other``: with the same base name) that shares its steps
-    signature or its base name."""
+    signature or its base name, or (roles other than ``other``) any earlier one of its
+    role; at most MAX_CANDIDATES of each kind are compared."""
     kept: list[Series] = []
     by_sig: dict[tuple, list[Series]] = {}
     by_base: dict[tuple, list[Series]] = {}
+    by_role: dict[str, list[Series]] = {}
     for s in series:
         b = base(s.name)
         group = (s.role, b) if s.role == "other" else (s.role,)
@@ -61,7 +63,11 @@ def drop_copies(series: list[Series]) -> list[Series]:
         base_key = (s.role, b)
         seen: set[int] = set()
         dup = False
-        for bucket in (by_sig.get(sig_key, ()), by_base.get(base_key, ())):
+        # a loss, eval loss, lr or grad-norm curve may be copied under another name and
+        # cut short (eval_loss in trainer_state.json, eval/loss in the event file): any
+        # earlier one of its role is a candidate (a run has few of each)
+        role_bucket = by_role.get(s.role, ()) if s.role != "other" else ()
+        for bucket in (by_sig.get(sig_key, ()), by_base.get(base_key, ()), role_bucket):
             for k in bucket[:MAX_CANDIDATES]:
                 if id(k) in seen:
                     continue
@@ -76,6 +82,7 @@ def drop_copies(series: list[Series]) -> list[Series]:
         kept.append(s)
         by_sig.setdefault(sig_key, []).append(s)
         by_base.setdefault(base_key, []).append(s)
+        by_role.setdefault(s.role, []).append(s)
     return kept
 
 
