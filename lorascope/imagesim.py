@@ -1,0 +1,185 @@
+"""How two images compare, and the sample timelines of a run.
+
+An image is reduced once, where it is decoded (:mod:`lorascope.ingest.samples` for the
+samples a trainer generated, :mod:`lorascope.ingest.dataset` for the training images),
+to a :class:`~lorascope.model.Signature`:
+
+* ``phash``: the 64-bit DCT perceptual hash of ``imagehash.phash`` (8x8 low frequencies of
+  a 32x32 grey copy against their median): stable under resizing, blur, noise and colour
+  changes; two unrelated pictures differ in about half of the 64 bits;
+* ``tiny``: a 16x16 RGB copy.  Its zero-mean correlation with another image's tells near
+  copies apart from pictures that merely share a layout, and tolerates the brightness /
+  contrast shifts and small offsets a diffusion model adds when it reproduces an image
+  (the best of the offsets within ``MAX_SHIFT`` pixels of the 16x16 copy is taken).
+
+Two images are *near-identical* when both measures say so (thresholds from the catalog:
+``rules/samples.toml``).  The same signature serves memorisation (a sample against the
+training images), collapse (samples of different prompts against each other) and drift
+(one prompt's consecutive samples).
+
+:func:`strips` groups a run's samples into timelines: one per prompt and seed (or per
+TensorBoard tag), ordered by step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from lorascope.model import SampleImage, Signature
+
+TINY = 16                  # side of the RGB copy kept in a signature
+MAX_SHIFT = 1              # offsets (in TINY pixels, 1/16 of the side) tried by correlation
+HASH_BITS = 64
+NOISE_SIDE = 64            # the noise test runs on a grey copy about this size
+
+
+# -- signatures (computed where an image is decoded) --------------------------------------
+
+def signature(im) -> Signature:
+    """The signature of a decoded Pillow image (any mode, any size)."""
+    import imagehash
+    from PIL import Image
+
+    rgb = im if im.mode == "RGB" else im.convert("RGB")
+    ph = imagehash.phash(rgb)
+    bits = np.packbits(ph.hash.flatten().astype(np.uint8))
+    tiny = rgb.resize((TINY, TINY), Image.BOX)
+    return Signature(phash=int.from_bytes(bits.tobytes(), "big"), tiny=tiny.tobytes())
+
+
+def noise_score(im) -> float:
+    """Lag-one autocorrelation of the grey levels (mean over rows and columns) of a copy
+    about ``NOISE_SIDE`` pixels wide: near 1 for pictures (neighbouring pixels alike), near 0
+    for the static a broken decoder or a diverged model paints."""
+    from PIL import Image
+
+    g = im.convert("L")
+    side = max(g.size)
+    if side > NOISE_SIDE:
+        f = NOISE_SIDE / side
+        g = g.resize((max(2, round(g.width * f)), max(2, round(g.height * f))), Image.BOX)
+    a = np.asarray(g, dtype=np.float64)
+    if a.shape[0] < 2 or a.shape[1] < 2:
+        return 1.0
+    a = a - a.mean()
+    var = float((a * a).mean())
+    if var < 1e-9:
+        return 1.0
+    cx = float((a[:, 1:] * a[:, :-1]).mean()) / var
+    cy = float((a[1:, :] * a[:-1, :]).mean()) / var
+    return (cx + cy) / 2
+
+
+# -- comparisons ------------------------------------------------------------------------
+
+def _tiny(sig: Signature) -> np.ndarray:
+    return np.frombuffer(sig.tiny, np.uint8).reshape(TINY, TINY, 3).astype(np.float32)
+
+
+def hamming(a: int, b: int) -> int:
+    return int((a ^ b).bit_count())
+
+
+def hamming_many(h: int, others: np.ndarray) -> np.ndarray:
+    """Hamming distances of one hash against an array of uint64 hashes."""
+    return np.bitwise_count(others ^ np.uint64(h)).astype(np.int64)
+
+
+def hashes(sigs: Iterable[Signature]) -> np.ndarray:
+    return np.fromiter((s.phash for s in sigs), dtype=np.uint64)
+
+
+def correlation(a: Signature, b: Signature, max_shift: int = MAX_SHIFT) -> float:
+    """Best zero-mean normalised correlation of the two 16x16 RGB copies over offsets of
+    up to ``max_shift`` pixels (each channel centred on its own mean: a colour cast or a
+    brightness change costs nothing, a different picture does).  1: identical layout."""
+    x, y = _tiny(a), _tiny(b)
+    best = -1.0
+    n = TINY
+    for dy in range(-max_shift, max_shift + 1):
+        for dx in range(-max_shift, max_shift + 1):
+            xa = x[max(0, dy):n + min(0, dy), max(0, dx):n + min(0, dx)]
+            yb = y[max(0, -dy):n + min(0, -dy), max(0, -dx):n + min(0, -dx)]
+            xa = xa - xa.mean(axis=(0, 1))
+            yb = yb - yb.mean(axis=(0, 1))
+            den = float(np.sqrt((xa * xa).sum() * (yb * yb).sum()))
+            if den < 1e-6:
+                # flat copies: alike when both are flat
+                c = 1.0 if float((xa * xa).sum() + (yb * yb).sum()) < 1e-6 else 0.0
+            else:
+                c = float((xa * yb).sum()) / den
+            best = max(best, c)
+    return best
+
+
+def colour_gap(a: Signature, b: Signature) -> float:
+    """Mean absolute difference of the two 16x16 copies' average colours (0-255)."""
+    return float(np.abs(_tiny(a).mean(axis=(0, 1)) - _tiny(b).mean(axis=(0, 1))).mean())
+
+
+def near_copy(a: Signature, b: Signature, max_hash: int, min_corr: float) -> bool:
+    return hamming(a.phash, b.phash) <= max_hash and correlation(a, b) >= min_corr
+
+
+def change(a: Signature, b: Signature) -> float:
+    """How much one picture changed into the other, 0 (same) .. ~1 (unrelated): the
+    hash distance as a share of the bits unrelated pictures differ in (32), averaged
+    with one minus the shift-free correlation of the 16x16 copies (clipped to 0..1)."""
+    h = min(1.0, hamming(a.phash, b.phash) / (HASH_BITS / 2))
+    c = min(1.0, max(0.0, 1.0 - correlation(a, b, max_shift=0)))
+    return (h + c) / 2
+
+
+# -- timelines --------------------------------------------------------------------------
+
+@dataclass
+class Strip:
+    """The samples of one prompt (and seed) over the run, ordered by step."""
+
+    key: tuple
+    label: str                      # "prompt 0 (seed 42)", "validation/0", ...
+    prompt: str | None
+    seed: int | None
+    samples: list[SampleImage]
+
+    @property
+    def steps(self) -> list[int]:
+        return [s.step for s in self.samples if s.step is not None]
+
+
+def strip_key(s: SampleImage) -> tuple:
+    if s.prompt_index is not None:
+        return ("p", s.prompt_index, s.seed if s.seed is not None else -1)
+    return ("t", s.tag or "", s.seed if s.seed is not None else -1)
+
+
+def _label(s: SampleImage) -> str:
+    if s.prompt_index is not None:
+        base = f"prompt {s.prompt_index}"
+    else:
+        base = s.tag or "samples"
+    return base + (f" (seed {s.seed})" if s.seed is not None else "")
+
+
+def strips(samples: Sequence[SampleImage]) -> list[Strip]:
+    """One strip per prompt and seed (TensorBoard: per tag), samples ordered by step;
+    samples whose step is unknown are left out."""
+    groups: dict[tuple, list[SampleImage]] = {}
+    for s in samples:
+        if s.step is None:
+            continue
+        groups.setdefault(strip_key(s), []).append(s)
+    out = []
+    for key in sorted(groups, key=lambda k: (k[0], str(k[1]), k[2])):
+        ss = sorted(groups[key], key=lambda s: (s.step, s.file))
+        first = ss[0]
+        prompt = next((s.prompt for s in ss if s.prompt), None)
+        out.append(Strip(key, _label(first), prompt, first.seed, ss))
+    return out
+
+
+def sample_steps(strips_: Sequence[Strip]) -> list[int]:
+    """Every step at which some strip has a sample, ascending."""
+    return sorted({s.step for st in strips_ for s in st.samples if s.step is not None})
