@@ -7,15 +7,21 @@ to a :class:`~lorascope.model.Signature`:
 * ``phash``: the 64-bit DCT perceptual hash of ``imagehash.phash`` (8x8 low frequencies of
   a 32x32 grey copy against their median): stable under resizing, blur, noise and colour
   changes; two unrelated pictures differ in about half of the 64 bits;
-* ``tiny``: a 16x16 RGB copy.  Its zero-mean correlation with another image's tells near
-  copies apart from pictures that merely share a layout, and tolerates the brightness /
-  contrast shifts and small offsets a diffusion model adds when it reproduces an image
-  (the best of the offsets within ``MAX_SHIFT`` pixels of the 16x16 copy is taken).
+* ``tiny``: a 32x32 RGB copy.  Its zero-mean correlation with another image's tells near
+  copies apart from pictures that merely share a palette or a style, and tolerates the
+  colour casts, blur, noise and small offsets a diffusion model adds when it reproduces
+  an image (the best of the offsets within ``MAX_SHIFT`` pixels, 6% of the side, is
+  taken).
 
-Two images are *near-identical* when both measures say so (thresholds from the catalog:
-``rules/samples.toml``).  The same signature serves memorisation (a sample against the
-training images), collapse (samples of different prompts against each other) and drift
-(one prompt's consecutive samples).
+Two images are *near-identical* when that correlation reaches a threshold from the
+catalog (``rules/samples.toml``).  It decides alone: on the flat backgrounds SD samples
+often have, the hash's low-frequency coefficients sit near their median and noise flips
+them (a memorised green triangle on black was 32 bits from its training image), while
+the correlation stays above 0.94 for such copies and below 0.65 for same-style pictures
+(bench/bench_samples.py).  The hash measures how much a prompt's picture changed between
+two steps (drift), together with the correlation.  The same signature serves
+memorisation (a sample against the training images), collapse (samples of different
+prompts against each other) and drift (one prompt's consecutive samples).
 
 :func:`strips` groups a run's samples into timelines: one per prompt and seed (or per
 TensorBoard tag), ordered by step.
@@ -23,14 +29,15 @@ TensorBoard tag), ordered by step.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from lorascope.model import SampleImage, Signature
 
-TINY = 16                  # side of the RGB copy kept in a signature
-MAX_SHIFT = 1              # offsets (in TINY pixels, 1/16 of the side) tried by correlation
+TINY = 32                  # side of the RGB copy kept in a signature
+MAX_SHIFT = 2              # offsets (in TINY pixels, 1/32 of the side each) tried by correlation
+COARSE = 8                 # the candidate search compares TINY/COARSE-times smaller copies
 HASH_BITS = 64
 NOISE_SIDE = 64            # the noise test runs on a grey copy about this size
 
@@ -82,19 +89,10 @@ def hamming(a: int, b: int) -> int:
     return int((a ^ b).bit_count())
 
 
-def hamming_many(h: int, others: np.ndarray) -> np.ndarray:
-    """Hamming distances of one hash against an array of uint64 hashes."""
-    return np.bitwise_count(others ^ np.uint64(h)).astype(np.int64)
-
-
-def hashes(sigs: Iterable[Signature]) -> np.ndarray:
-    return np.fromiter((s.phash for s in sigs), dtype=np.uint64)
-
-
 def correlation(a: Signature, b: Signature, max_shift: int = MAX_SHIFT) -> float:
-    """Best zero-mean normalised correlation of the two 16x16 RGB copies over offsets of
+    """Best zero-mean normalised correlation of the two 32x32 RGB copies over offsets of
     up to ``max_shift`` pixels (each channel centred on its own mean: a colour cast or a
-    brightness change costs nothing, a different picture does).  1: identical layout."""
+    brightness change costs little, a different picture does).  1: the same picture."""
     x, y = _tiny(a), _tiny(b)
     best = -1.0
     n = TINY
@@ -114,19 +112,45 @@ def correlation(a: Signature, b: Signature, max_shift: int = MAX_SHIFT) -> float
     return best
 
 
-def colour_gap(a: Signature, b: Signature) -> float:
-    """Mean absolute difference of the two 16x16 copies' average colours (0-255)."""
-    return float(np.abs(_tiny(a).mean(axis=(0, 1)) - _tiny(b).mean(axis=(0, 1))).mean())
+def coarse(sigs: Sequence[Signature]) -> np.ndarray:
+    """(n, 192) unit vectors of 8x8 copies (channels centred): their dot products find
+    the candidate pairs :func:`correlation` then confirms, without comparing every pair
+    at full size."""
+    if not sigs:
+        return np.zeros((0, COARSE * COARSE * 3), np.float32)
+    k = TINY // COARSE
+    a = np.stack([_tiny(s) for s in sigs]).reshape(len(sigs), COARSE, k, COARSE, k, 3).mean(axis=(2, 4))
+    a = a - a.mean(axis=(1, 2), keepdims=True)
+    a = a.reshape(len(sigs), -1)
+    norm = np.linalg.norm(a, axis=1, keepdims=True)
+    return (a / np.maximum(norm, 1e-6)).astype(np.float32)
 
 
-def near_copy(a: Signature, b: Signature, max_hash: int, min_corr: float) -> bool:
-    return hamming(a.phash, b.phash) <= max_hash and correlation(a, b) >= min_corr
+def near_pairs(a: Sequence[Signature], b: Sequence[Signature], min_corr: float,
+               coarse_margin: float = 0.25, same: bool = False) -> list[tuple[int, int, float]]:
+    """(i, j, correlation) of every a[i], b[j] whose :func:`correlation` is at least
+    ``min_corr`` (``same``: a is b, each unordered pair once)."""
+    if not len(a) or not len(b):
+        return []
+    va, vb = coarse(a), (coarse(b) if not same else None)
+    out = []
+    step = 2048
+    for lo in range(0, len(a), step):
+        d = va[lo:lo + step] @ (vb if vb is not None else va).T
+        ii, jj = np.nonzero(d >= min_corr - coarse_margin)
+        for i, j in zip((ii + lo).tolist(), jj.tolist()):
+            if same and j <= i:
+                continue
+            c = correlation(a[i], b[j])
+            if c >= min_corr:
+                out.append((i, j, c))
+    return out
 
 
 def change(a: Signature, b: Signature) -> float:
     """How much one picture changed into the other, 0 (same) .. ~1 (unrelated): the
-    hash distance as a share of the bits unrelated pictures differ in (32), averaged
-    with one minus the shift-free correlation of the 16x16 copies (clipped to 0..1)."""
+    perceptual-hash distance as a share of the bits unrelated pictures differ in (32),
+    averaged with one minus the shift-free correlation of the copies (clipped to 0..1)."""
     h = min(1.0, hamming(a.phash, b.phash) / (HASH_BITS / 2))
     c = min(1.0, max(0.0, 1.0 - correlation(a, b, max_shift=0)))
     return (h + c) / 2

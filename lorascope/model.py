@@ -243,7 +243,7 @@ class Signature:
     """What an image is reduced to for comparing it with others (see lorascope.imagesim)."""
 
     phash: int                     # 64-bit DCT perceptual hash (imagehash.phash)
-    tiny: bytes                    # 16x16 RGB copy, row-major uint8
+    tiny: bytes                    # 32x32 RGB copy, row-major uint8
 
 
 @dataclass

@@ -43,11 +43,17 @@ MAX_PROMPTS_BYTES = 1 << 20     # a prompts file larger than this is not read
 
 def features(src: str | bytes) -> tuple:
     """(width, height, error, blank, noise, signature, thumbnail JPEG) of one image."""
-    from PIL import Image
-
     w, h, err, _fmt, im = ds_mod.decode_image(src, SAMPLE_DRAFT)
     if im is None:
         return w, h, err or "no image", None, None, None, None
+    return image_features(im, w, h)
+
+
+def image_features(im, w: int | None = None, h: int | None = None) -> tuple:
+    """:func:`features` of an image already decoded."""
+    from PIL import Image
+
+    w, h = (w, h) if w is not None else im.size
     try:
         rgb = im.convert("RGB")
         rgb.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.BOX)

@@ -11,6 +11,7 @@ from markupsafe import Markup
 
 from lorascope import __version__
 from lorascope.report import charts
+from lorascope.report.samples import sample_section
 from lorascope.rules.registry import data_dir
 
 MAX_THUMBS = 24
@@ -157,6 +158,7 @@ def render_html(a, doc: dict) -> str:
         "findings": [dict(f.to_json(), diff=fix_diff(run, f.fix), idx=i)
                      for i, f in enumerate(findings)],
         "images": flagged_images(run, findings),
+        "samples": sample_section(run, findings),
         "counts": {s: sum(1 for f in findings if f.severity == s) for s in ("critical", "warning", "info")},
         "version": __version__,
         "generated": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

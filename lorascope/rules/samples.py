@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from statistics import median
 
-import numpy as np
-
 from lorascope import imagesim
 from lorascope.model import Finding, Run, SampleImage
 from lorascope.rules.registry import Params, rule
@@ -170,8 +168,8 @@ def sample_memorized(run: Run, p: Params) -> list[Finding]:
     ## What it detects
     A prompt's sample that reproduces one of the training images the config names (the
     run's dataset): the same picture up to the small changes a diffusion model makes
-    (a shift of a few percent, blur, a colour cast, noise), found by a perceptual hash and
-    the correlation of 16x16 copies. It counts when the sample is among the last
+    (a shift of a few percent, blur, a colour cast, noise), found by the correlation of
+    32x32 copies allowing small offsets. It counts when the sample is among the last
     `late_fraction` of that prompt's sample steps and the prompt's first sample was not a
     copy. The step is the first sample step at which a prompt copies.
 
@@ -193,53 +191,37 @@ def sample_memorized(run: Run, p: Params) -> list[Finding]:
     tfiles, tsigs = _train_signatures(run)
     if not tsigs:
         return []
-    th = imagesim.hashes(tsigs)
     noise_max = _noise_max(p)
     strips = [st for st in imagesim.strips(run.samples) if len(st.samples) >= 2]
-    hits = []          # (strip, onset sample, train index, hamming, corr, first sample's distance)
-
-    def copy_of(s: SampleImage):
-        if not _usable(s, noise_max):
-            return None
-        d = imagesim.hamming_many(s.signature.phash, th)
-        best = None
-        for j in np.flatnonzero(d <= p["max_hash_distance"]).tolist():
-            c = imagesim.correlation(s.signature, tsigs[j])
-            if c >= p["min_correlation"] and (best is None or c > best[2]):
-                best = (j, int(d[j]), c)
-        return best
-
+    usable = [x for st in strips for x in st.samples if _usable(x, noise_max)]
+    best: dict[int, tuple[int, float]] = {}      # id(sample) -> (training image, correlation)
+    for i, j, c in imagesim.near_pairs([x.signature for x in usable], tsigs, p["min_correlation"]):
+        k = id(usable[i])
+        if k not in best or c > best[k][1]:
+            best[k] = (j, c)
+    hits = []          # (strip, onset sample, (train index, correlation))
     for st in strips:
         first = st.samples[0]
-        if first.step is None or copy_of(first) is not None:
+        if first.step is None or id(first) in best:
             continue
         lo, hi = first.step, st.samples[-1].step
         late_from = hi - p["late_fraction"] * (hi - lo)
-        copies = [(s, m) for s in st.samples[1:] for m in [copy_of(s)] if m is not None]
-        if not copies or not any(s.step >= late_from for s, _ in copies):
+        copies = [x for x in st.samples[1:] if id(x) in best]
+        if not copies or not any(x.step >= late_from for x in copies):
             continue
-        found = copies[0]
-        fd = int(imagesim.hamming_many(first.signature.phash, th).min()) if _usable(first, noise_max) else None
-        hits.append((st, found[0], found[1], fd))
+        hits.append((st, copies[0], best[id(copies[0])], copies))
     if len(hits) < p["min_strips"]:
         return []
     hits.sort(key=lambda h: h[1].step)
     onset = hits[0][1].step
     ev = []
-    pairs = []
-    for st, s, (j, dist, corr), fd in hits[:10]:
-        ev.append(f"{st.label}{_quote(st.prompt)}: the sample at step {s.step} ({s.file}) is a "
-                  f"near-copy of {tfiles[j]} (hash distance {dist} of 64, correlation {corr:.2f})"
-                  + (f"; its first sample (step {st.samples[0].step}) was {fd} bits from the "
-                     "nearest training image" if fd is not None else ""))
+    for st, x, (j, corr), copies in hits[:10]:
+        ev.append(f"{st.label}{_quote(st.prompt)}: the sample at step {x.step} ({x.file}) is a "
+                  f"near-copy of {tfiles[j]} (correlation {corr:.2f}); {len(copies)} of its "
+                  f"{len(st.samples)} samples copy, its first (step {st.samples[0].step}) did not")
     if len(hits) > 10:
         ev.append(f"{len(hits) - 10} more prompts copy training images")
-    for st, s, (j, _d, _c), _fd in hits:
-        for later in st.samples:
-            if later.step is not None and later.step >= s.step:
-                m = (j, 0, 0.0) if later is s else copy_of(later)
-                if m is not None:
-                    pairs.append([later.file, tfiles[m[0]]])
+    pairs = [[x.file, tfiles[best[id(x)][0]]] for _, _, _, copies in hits for x in copies]
     b = _before(run, onset)
     if b:
         ev.append(b)
@@ -247,7 +229,7 @@ def sample_memorized(run: Run, p: Params) -> list[Finding]:
     n = len(strips)
     title = (f"Samples reproduce training images from step {onset}: {len(hits)} of {n} "
              f"prompt{'s' if n != 1 else ''} draw near-copies of the dataset late in the run")
-    return [p.finding(title, step=onset, step_range=[onset, max(s.step for _, s, _, _ in hits)],
+    return [p.finding(title, step=onset, step_range=[onset, max(h[3][-1].step for h in hits)],
                       evidence=ev + more, files=files,
                       extra={"flagged": [a for a, _ in pairs], "pairs": pairs})]
 
@@ -262,13 +244,9 @@ def _collapsed(samples: list[SampleImage], p: Params) -> tuple[float, list[list[
             parent[i] = parent[parent[i]]
             i = parent[i]
         return i
-    hs = imagesim.hashes(s.signature for s in samples)
-    for i in range(n):
-        d = imagesim.hamming_many(int(hs[i]), hs[i + 1:])
-        for k in np.flatnonzero(d <= p["max_hash_distance"]).tolist():
-            j = i + 1 + k
-            if imagesim.correlation(samples[i].signature, samples[j].signature) >= p["min_correlation"]:
-                parent[find(i)] = find(j)
+    for i, j, _c in imagesim.near_pairs([s.signature for s in samples], [s.signature for s in samples],
+                                        p["min_correlation"], same=True):
+        parent[find(i)] = find(j)
     groups: dict[int, list[SampleImage]] = {}
     for i in range(n):
         groups.setdefault(find(i), []).append(samples[i])
@@ -338,14 +316,38 @@ def sample_collapse(run: Run, p: Params) -> list[Finding]:
                       files=files, extra={"flagged": flagged})]
 
 
+def _explained(run: Run, p: Params, noise_max: float):
+    """sample -> whether the picture it jumped to is a training image (sample.memorized's
+    thresholds) or another prompt's picture of that step (sample.collapse's): those rules
+    report such a jump, drift does not repeat it."""
+    cat = p.context.catalog if p.context is not None else {}
+    mem = cat.get("sample.memorized", {}).get("params", {})
+    col = cat.get("sample.collapse", {}).get("params", {})
+    _, tsigs = _train_signatures(run)
+    by_step: dict[int, list[SampleImage]] = {}
+    for s in run.samples:
+        if s.step is not None and _usable(s, noise_max):
+            by_step.setdefault(s.step, []).append(s)
+
+    def check(s: SampleImage) -> bool:
+        if mem and imagesim.near_pairs([s.signature], tsigs, mem["min_correlation"]):
+            return True
+        others = [o.signature for o in by_step.get(s.step, []) if o is not s]
+        return bool(col and imagesim.near_pairs([s.signature], others, col["min_correlation"]))
+    return check
+
+
 @rule("sample.drift", needs=("samples",))
 def sample_drift(run: Run, p: Params) -> list[Finding]:
     """The same prompt and seed change abruptly between two consecutive sample steps.
 
     ## What it detects
     For each prompt and seed, how much its sample changes from one sample step to the
-    next. An interval is abrupt when the change is large (`min_change`) and several times
-    (`min_ratio`) the timeline's usual change; fires when at least `min_strip_fraction`
+    next. An interval is abrupt when the change is large (`min_change`), several times
+    (`min_ratio`) the timeline's usual change, and happens in that one interval (the
+    intervals beside it changed at most `max_neighbour_share` as much: a change spread
+    over several steps is a transition) and does not land on a training image or on
+    another prompt's picture (`sample.memorized` and `sample.collapse` report those); fires when at least `min_strip_fraction`
     of the timelines change abruptly over the same interval. The first interval of each
     timeline is not judged (the LoRA taking effect). Broken samples are left out.
 
@@ -365,6 +367,7 @@ def sample_drift(run: Run, p: Params) -> list[Finding]:
     """
     noise_max = _noise_max(p)
     strips = [st for st in imagesim.strips(run.samples) if len(st.samples) >= 3]
+    explained = _explained(run, p, noise_max)
     per_interval: dict[tuple[int, int], list] = {}
     judged: dict[tuple[int, int], int] = {}
     for st in strips:
@@ -385,7 +388,12 @@ def sample_drift(run: Run, p: Params) -> list[Finding]:
             if not others:
                 continue
             base = max(0.05, median(others))
-            if c >= p["min_change"] and c >= p["min_ratio"] * base:
+            # a jump happens in one interval: a neighbour that changed almost as much makes
+            # it a transition over several steps (memorisation or collapse arriving)
+            near = [ch[i][2] for i in (k - 1, k + 1) if 1 <= i < len(ch) and ch[i][2] is not None]
+            if near and max(near) > p["max_neighbour_share"] * c:
+                continue
+            if c >= p["min_change"] and c >= p["min_ratio"] * base and not explained(b):
                 per_interval.setdefault(key, []).append((st, a, b, c, base))
     out = []
     cands = [(k, v) for k, v in per_interval.items() if len(v) >= p["min_strip_fraction"] * judged[k]]
