@@ -338,3 +338,36 @@ def test_corroborates_tables_name_known_rules():
     for rid, e in cat.items():
         for other, mode in e.get("corroborates", {}).items():
             assert other in cat and mode in ("any", "step"), (rid, other, mode)
+
+
+def test_many_image_tags_stop_being_kept_instead_of_looping(tmp_path, monkeypatch):
+    from torch.utils.tensorboard import SummaryWriter
+    w = SummaryWriter(str(tmp_path))
+    pic = np.asarray(_scene(0, 16)).transpose(2, 0, 1)
+    for k in range(30):
+        w.add_image(f"tag{k}", pic, 0)
+    w.close()
+    monkeypatch.setattr(tfevents, "MAX_IMAGES", 10)
+    p = tfevents.parse(next(tmp_path.glob("events.out.tfevents.*")), "ev")
+    assert 0 < len(p.images) <= 10
+    assert any("were not kept" in q for q in p.source.problems)
+
+
+def test_a_jump_is_drift_a_gradual_transition_is_not():
+    case = samplecorpus.make_case("healthy", 4, size=64, prompts=3, steps=8)
+    rng = np.random.default_rng(1)
+    pal = samplecorpus._palette(rng)
+    new = [samplecorpus.render(samplecorpus.random_scene(rng, pal), 64) for _ in case.strips]
+    jump, slow = [list(s) for s in case.strips], [list(s) for s in case.strips]
+    for k in range(3):
+        for i in range(3, 8):
+            if i >= 5:
+                jump[k][i] = samplecorpus.model_noise(new[k], rng)
+            t = (i - 2) / 4                       # a quarter of the way at step 300, there at 600
+            slow[k][i] = samplecorpus.blend(case.strips[k][i], samplecorpus.model_noise(new[k], rng), min(1.0, t))
+    case.strips = jump
+    found, _ = run_rules(_case_run(case), load_catalog())
+    assert [(f.rule, f.step_range) for f in found if f.rule == "sample.drift"] == [("sample.drift", [400, 500])]
+    case.strips = slow
+    found, _ = run_rules(_case_run(case), load_catalog())
+    assert "sample.drift" not in {f.rule for f in found}

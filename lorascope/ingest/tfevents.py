@@ -157,6 +157,7 @@ class _State:
         self.image_bytes = 0
         self.images_kept = 0
         self.images_too_large = 0
+        self.images_full = False
 
     def add_image(self, tag: str, step: int, wall: float, data: bytes, rel: str) -> None:
         """Keep one encoded image within the budget (see the module doc)."""
@@ -165,18 +166,30 @@ class _State:
         if len(data) > MAX_IMAGE_BYTES:
             self.images_too_large += 1
             return
+        if self.images_full:
+            return
         if k % self.image_stride:
             return
         self.images.setdefault(tag, []).append(EncodedImage(tag, int(step), float(wall), data, rel))
         self.image_bytes += len(data)
         self.images_kept += 1
-        while (self.image_bytes > IMAGE_BUDGET or self.images_kept > MAX_IMAGES) and self.images_kept > 1:
+        while self.image_bytes > IMAGE_BUDGET or self.images_kept > MAX_IMAGES:
+            before = self.images_kept
             self.image_stride *= 2
             for t, lst in self.images.items():
                 self.images[t] = lst[::2]
             kept = [im for lst in self.images.values() for im in lst]
             self.image_bytes = sum(len(im.data) for im in kept)
             self.images_kept = len(kept)
+            if self.images_kept == before:
+                # one image per tag (many tags): thinning frees nothing, keep no more
+                lst = self.images[tag]
+                if lst and lst[-1].step == int(step):
+                    lst.pop()
+                    self.image_bytes -= len(data)
+                    self.images_kept -= 1
+                self.images_full = True
+                break
 
     def acc(self, tag: str) -> _Acc:
         a = self.accs.get(tag)
@@ -210,7 +223,10 @@ def parse(path: Path, rel: str, *, verify_data_crc: bool = False,
         src.problems.append(f"{st.undecodable} records could not be decoded")
     if st.bad_data_crc:
         src.problems.append(f"{st.bad_data_crc} records failed the data CRC check")
-    if st.image_stride > 1:
+    if st.images_full:
+        src.problems.append(f"images of more than {MAX_IMAGES} tags: those after the first "
+                            f"{st.images_kept} were not kept")
+    elif st.image_stride > 1:
         src.problems.append(f"{sum(st.image_seen.values())} images: more than the "
                             f"{IMAGE_BUDGET >> 20} MiB / {MAX_IMAGES} kept per file, every "
                             f"{st.image_stride}th of each tag kept")

@@ -344,11 +344,9 @@ def sample_drift(run: Run, p: Params) -> list[Finding]:
     ## What it detects
     For each prompt and seed, how much its sample changes from one sample step to the
     next. An interval is abrupt when the change is large (`min_change`), several times
-    (`min_ratio`) the timeline's usual change, and happens in that one interval (the
-    intervals beside it changed at most `max_neighbour_share` as much: a change spread
-    over several steps is a transition) and does not land on, or lead within two more
-    sample steps to, a training image or another prompt's picture (`sample.memorized` and
-    `sample.collapse` report those); fires when at least `min_strip_fraction`
+    (`min_ratio`) the timeline's usual change, and does not land on, or lead within two
+    more sample steps to, a training image or another prompt's picture (`sample.memorized`
+    and `sample.collapse` report those); fires when at least `min_strip_fraction`
     of the timelines change abruptly over the same interval. The first interval of each
     timeline is not judged (the LoRA taking effect). Broken samples are left out.
 
@@ -389,11 +387,6 @@ def sample_drift(run: Run, p: Params) -> list[Finding]:
             if not others:
                 continue
             base = max(0.05, median(others))
-            # a jump happens in one interval: a neighbour that changed almost as much makes
-            # it a transition over several steps (memorisation or collapse arriving)
-            near = [ch[i][2] for i in (k - 1, k + 1) if 1 <= i < len(ch) and ch[i][2] is not None]
-            if near and max(near) > p["max_neighbour_share"] * c:
-                continue
             # landing on, or two steps before, a training image or another prompt's picture:
             # memorisation or collapse arriving, which their own rules report
             if c >= p["min_change"] and c >= p["min_ratio"] * base and not any(
