@@ -28,15 +28,20 @@ from __future__ import annotations
 
 import io
 import math
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fixtures"))
+import make_sd  # noqa: E402  (its shapes: circle, square, triangle, star)
+
 FAMILIES = ("healthy", "healthy_random_seed", "memorize", "collapse", "broken", "drift")
 TRUTH = {"memorize": "sample.memorized", "collapse": "sample.collapse", "broken": "sample.broken",
          "drift": "sample.drift"}
-SHAPES = ("ellipse", "rect", "triangle", "star")
+SHAPES = make_sd.SHAPES
 
 
 @dataclass
@@ -110,20 +115,8 @@ def render(sc: dict, size: int) -> Image.Image:
     for s in sc["shapes"]:
         cx, cy, r = s["x"] * size, s["y"] * size, s["r"] * size
         fill = tuple(int(v) for v in np.clip(s["c"], 0, 255))
-        box = (cx - r, cy - r, cx + r, cy + r)
-        if s["kind"] == "ellipse":
-            d.ellipse(box, fill=fill)
-        elif s["kind"] == "rect":
-            d.rectangle(box, fill=fill)
-        elif s["kind"] == "triangle":
-            d.polygon([(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)], fill=fill)
-        else:
-            pts = []
-            for k in range(10):
-                rr = r if k % 2 == 0 else r * 0.45
-                a = -math.pi / 2 + k * math.pi / 5
-                pts.append((cx + rr * math.cos(a), cy + rr * math.sin(a)))
-            d.polygon(pts, fill=fill)
+        make_sd._draw_shape(d, s["kind"], tuple(int(round(v)) for v in (cx - r, cy - r, cx + r, cy + r)),
+                            fill)
     return im.filter(ImageFilter.GaussianBlur(max(0.3, size / 512)))
 
 
