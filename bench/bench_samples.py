@@ -38,7 +38,7 @@ from lorascope.imagesim import signature  # noqa: E402
 from lorascope.ingest.samples import features, image_features  # noqa: E402
 from lorascope.model import DataItem, Dataset, Run, SampleImage  # noqa: E402
 from lorascope.rules.registry import load_catalog  # noqa: E402
-from samplecorpus import FAMILIES, TRUTH, make_case, render, random_scene, _palette  # noqa: E402
+from samplecorpus import FAMILIES, TRUTH, _palette, evolve, make_case, random_scene, render  # noqa: E402
 
 RULES = ("sample.broken", "sample.memorized", "sample.collapse", "sample.drift")
 GRID = [(64, 4, 10), (128, 2, 5), (128, 4, 10), (128, 8, 20), (512, 4, 10)]
@@ -108,17 +108,28 @@ def speed(n_samples: int, size: int, n_train: int, jobs: int | None) -> dict:
     try:
         (tmp / "sample").mkdir()
         (tmp / "dataset").mkdir()
-        pics = []
-        for k in range(32):           # 32 distinct pictures, their PNG bytes reused
+        def png(im) -> bytes:
             buf = io.BytesIO()
-            render(random_scene(rng, pal), size).save(buf, "PNG")
-            pics.append(buf.getvalue())
+            im.save(buf, "PNG")
+            return buf.getvalue()
+        # 8 prompts, each drawing its own picture that moves a little every 16 steps; 32
+        # other pictures for the training set; PNG bytes made once and reused
         prompts = 8
+        scenes = [random_scene(rng, pal) for _ in range(prompts)]
+        frames = []
+        for k in range(prompts):
+            sc, fr = scenes[k], []
+            for _ in range(16):
+                fr.append(png(render(sc, size)))
+                sc = evolve(sc, rng, 1.0)
+            frames.append(fr)
         for n in range(n_samples):
-            step, k = (n // prompts) * 50, n % prompts
-            (tmp / "sample" / f"bench_{step:06d}_{k:02d}_20240101000000_{k}.png").write_bytes(pics[n % 32])
+            i, k = n // prompts, n % prompts
+            (tmp / "sample" / f"bench_{i * 50:06d}_{k:02d}_20240101000000_{k}.png").write_bytes(
+                frames[k][min(15, i * 16 // max(1, n_samples // prompts))])
+        train = [png(render(random_scene(rng, pal), size)) for _ in range(32)]
         for j in range(n_train):
-            (tmp / "dataset" / f"img_{j:03d}.png").write_bytes(pics[(j * 7) % 32])
+            (tmp / "dataset" / f"img_{j:03d}.png").write_bytes(train[j % 32])
         (tmp / "prompts.txt").write_text("".join(f"prompt {k} --d {k}\n" for k in range(prompts)))
         (tmp / "config.toml").write_text('output_name = "bench"\nnetwork_module = "networks.lora"\n'
                                          'network_dim = 4\ntrain_data_dir = "dataset"\n'

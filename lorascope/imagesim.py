@@ -29,6 +29,7 @@ TensorBoard tag), ordered by step.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
@@ -89,26 +90,45 @@ def hamming(a: int, b: int) -> int:
     return int((a ^ b).bit_count())
 
 
+@lru_cache(maxsize=8192)
+def _prepared(sig: Signature) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The copy centred per channel, its 2-D FFT (zero-padded to twice the side: no wrap
+    around) and the integral image of its squared values (summed over channels)."""
+    x = _tiny(sig).astype(np.float64)
+    x -= x.mean(axis=(0, 1))
+    f = np.fft.rfft2(x, s=(2 * TINY, 2 * TINY), axes=(0, 1))
+    e = np.zeros((TINY + 1, TINY + 1))
+    e[1:, 1:] = (x * x).sum(axis=2).cumsum(0).cumsum(1)
+    return x, f, e
+
+
+def _energy(e: np.ndarray, d0: int, d1: int) -> float:
+    """Sum of the squared values over rows/columns [max(0, d), n + min(0, d))."""
+    r0, r1 = max(0, d0), TINY + min(0, d0)
+    c0, c1 = max(0, d1), TINY + min(0, d1)
+    return float(e[r1, c1] - e[r0, c1] - e[r1, c0] + e[r0, c0])
+
+
 def correlation(a: Signature, b: Signature, max_shift: int = MAX_SHIFT) -> float:
-    """Best zero-mean normalised correlation of the two 32x32 RGB copies over offsets of
-    up to ``max_shift`` pixels (each channel centred on its own mean: a colour cast or a
-    brightness change costs little, a different picture does).  1: the same picture."""
-    x, y = _tiny(a), _tiny(b)
+    """Best normalised correlation of the two 32x32 RGB copies (each channel centred on
+    its own mean: a colour cast or a brightness change costs little, a different picture
+    does) over offsets of up to ``max_shift`` pixels, each offset's overlap normalised by
+    its own energy.  1: the same picture.  All offsets at once, by FFT."""
+    x, fx, ex = _prepared(a)
+    y, fy, ey = _prepared(b)
+    if ex[-1, -1] < 1e-6 or ey[-1, -1] < 1e-6:
+        # a flat copy: alike only when both are flat
+        return 1.0 if ex[-1, -1] < 1e-6 and ey[-1, -1] < 1e-6 else 0.0
+    if max_shift == 0:
+        return float((x * y).sum() / np.sqrt(ex[-1, -1] * ey[-1, -1]))
+    cc = np.fft.irfft2(fx * np.conj(fy), s=(2 * TINY, 2 * TINY), axes=(0, 1)).sum(axis=2)
     best = -1.0
-    n = TINY
     for dy in range(-max_shift, max_shift + 1):
         for dx in range(-max_shift, max_shift + 1):
-            xa = x[max(0, dy):n + min(0, dy), max(0, dx):n + min(0, dx)]
-            yb = y[max(0, -dy):n + min(0, -dy), max(0, -dx):n + min(0, -dx)]
-            xa = xa - xa.mean(axis=(0, 1))
-            yb = yb - yb.mean(axis=(0, 1))
-            den = float(np.sqrt((xa * xa).sum() * (yb * yb).sum()))
-            if den < 1e-6:
-                # flat copies: alike when both are flat
-                c = 1.0 if float((xa * xa).sum() + (yb * yb).sum()) < 1e-6 else 0.0
-            else:
-                c = float((xa * yb).sum()) / den
-            best = max(best, c)
+            # cc[dy, dx] = sum over i, j of x[i + dy, j + dx] * y[i, j]
+            den = _energy(ex, dy, dx) * _energy(ey, -dy, -dx)
+            if den > 1e-9:
+                best = max(best, float(cc[dy % (2 * TINY), dx % (2 * TINY)]) / np.sqrt(den))
     return best
 
 
@@ -127,12 +147,15 @@ def coarse(sigs: Sequence[Signature]) -> np.ndarray:
 
 
 def near_pairs(a: Sequence[Signature], b: Sequence[Signature], min_corr: float,
-               coarse_margin: float = 0.25, same: bool = False) -> list[tuple[int, int, float]]:
+               coarse_margin: float = 0.25, same: bool = False,
+               b_coarse: np.ndarray | None = None) -> list[tuple[int, int, float]]:
     """(i, j, correlation) of every a[i], b[j] whose :func:`correlation` is at least
-    ``min_corr`` (``same``: a is b, each unordered pair once)."""
+    ``min_corr`` (``same``: a is b, each unordered pair once; ``b_coarse``: ``coarse(b)``
+    when the caller keeps it)."""
     if not len(a) or not len(b):
         return []
-    va, vb = coarse(a), (coarse(b) if not same else None)
+    va = coarse(a)
+    vb = None if same else (b_coarse if b_coarse is not None else coarse(b))
     out = []
     step = 2048
     for lo in range(0, len(a), step):

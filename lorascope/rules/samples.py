@@ -329,8 +329,10 @@ def _explained(run: Run, p: Params, noise_max: float):
         if s.step is not None and _usable(s, noise_max):
             by_step.setdefault(s.step, []).append(s)
 
+    tvec = imagesim.coarse(tsigs)
+
     def check(s: SampleImage) -> bool:
-        if mem and imagesim.near_pairs([s.signature], tsigs, mem["min_correlation"]):
+        if mem and imagesim.near_pairs([s.signature], tsigs, mem["min_correlation"], b_coarse=tvec):
             return True
         others = [o.signature for o in by_step.get(s.step, []) if o is not s]
         return bool(col and imagesim.near_pairs([s.signature], others, col["min_correlation"]))
