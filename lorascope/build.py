@@ -792,7 +792,7 @@ def build_folder(run_dir: Path | str, *, jobs: int | None = None, progress: bool
         raise Unreadable(f"{run_dir}: not a directory")
     parsed, _walk_problems, files = parse_all(run_dir)
     name = run_dir.resolve().name or str(run_dir)
-    if not _readable(parsed):
+    if not _readable(parsed) and not any(f.kind == "sample_image" for f in files):
         if not files:
             raise Unreadable(f"{run_dir}: empty directory")
         raise Unreadable(f"{run_dir}: nothing readable (no event file, trainer state, log, "

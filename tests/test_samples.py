@@ -371,3 +371,36 @@ def test_a_jump_is_drift_a_gradual_transition_is_not():
     case.strips = slow
     found, _ = run_rules(_case_run(case), load_catalog())
     assert "sample.drift" not in {f.rule for f in found}
+
+
+def test_ai_toolkit_samples_with_their_job_config(tmp_path):
+    root = tmp_path / "my_lora"
+    (root / "samples" / ".thumbs").mkdir(parents=True)
+    (root / "config.yaml").write_text(
+        "job: extension\nconfig:\n  name: my_lora\n  process:\n    - type: sd_trainer\n"
+        "      sample:\n        sample_every: 250\n        seed: 42\n        walk_seed: true\n"
+        "        prompts:\n          - a red fox\n          - a blue car\n", encoding="utf-8")
+    for step in (0, 250, 500):
+        for i in range(2):
+            name = f"{1724085406830 + step}__{step:09d}_{i}.jpg"
+            _scene(step + i).save(root / "samples" / name, quality=90)
+            _scene(step + i).save(root / "samples" / ".thumbs" / (name + ".jpg"))
+    run = build_run(tmp_path)
+    got = sorted((s.step, s.prompt_index, s.seed, s.prompt) for s in run.samples)
+    assert got == [(st, i, 42 + i, ["a red fox", "a blue car"][i]) for st in (0, 250, 500) for i in range(2)]
+    assert {s.kind for s in run.sources} >= {"sample_images", "sample_prompts"}
+
+
+def test_samples_are_not_read_without_imagehash(tmp_path, monkeypatch):
+    (tmp_path / "sample").mkdir()
+    (tmp_path / "config.toml").write_text('network_module = "networks.lora"\nnetwork_dim = 4\n')
+    for st in (0, 100):
+        _scene(st).save(tmp_path / "sample" / f"x_{st:06d}_00_20240101120000.png")
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "imagehash" else real(name, *a))
+    run = build_run(tmp_path)
+    assert run.samples == ()
+    src = next(s for s in run.sources if s.kind == "sample_images")
+    assert any("imagehash" in p for p in src.problems)

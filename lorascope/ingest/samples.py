@@ -198,6 +198,17 @@ def load_samples(run_dir: Path, files: Iterable[Found], tb_images: Iterable[Enco
         samples.append(SampleImage(file=f"{im.source}#{im.tag}@{im.step}", step=im.step, tag=im.tag))
         paths.append(im.data)
     problems: list[str] = []
+    import importlib.util
+    if importlib.util.find_spec("imagehash") is None:
+        # a core dependency; without it no signature could be made and every sample would
+        # read as unreadable: say so once instead
+        why = ("imagehash is not installed (pip install imagehash, a lorascope dependency): "
+               f"{len(samples)} sample images were not read")
+        if sources:
+            sources[0].problems.append(why)
+        elif tb:
+            sources.append(Source(tb[0].source, "sample_images", records=len(tb), problems=[why]))
+        return [], sources
     if len(samples) > MAX_SAMPLES:
         keep = {id(s) for s in _thin(samples, MAX_SAMPLES, problems)}
         pairs = [(s, p) for s, p in zip(samples, paths) if id(s) in keep]
