@@ -43,6 +43,8 @@ def _needs_met(run: Run, needs: tuple[str, ...]) -> bool:
             return False
         elif n == "events" and not run.events:
             return False
+        elif n == "samples" and not run.samples:
+            return False
     return True
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from lorascope import discover, lineage, merge, safe_open, trainers
 from lorascope.ingest import _json
 from lorascope.model import (Checkpoint, Config, ConfigValue, DataSize, LogEvent, Parsed, RawSeries,
-                             Run, RunRef, Series, Source, StepInfo)
+                             Run, RunRef, SampleImage, Series, Source, StepInfo)
 
 # kind -> (module, function) of the parser that reads it
 PARSERS: dict[str, tuple[str, str]] = {
@@ -340,7 +340,7 @@ def _resolve(value: str, run_dir: Path, cfg_file: str | None) -> Path | None:
 
 
 def load_datasets(cfg: Config, run_dir: Path, found_csvs: list[str], jobs: int | None,
-                  progress: bool) -> tuple[list, list[Source]]:
+                  progress: bool, signatures: bool = False) -> tuple[list, list[Source]]:
     """The datasets the config names (and metadata.csv files found in the run)."""
     try:
         ds_mod = importlib.import_module("lorascope.ingest.dataset")
@@ -366,7 +366,8 @@ def load_datasets(cfg: Config, run_dir: Path, found_csvs: list[str], jobs: int |
         if not any(d == r or r in d.parents for r in roots):
             roots.append(d)
     for r in roots:
-        ds, src = ds_mod.load_image_dataset(r, run_dir, jobs=jobs, progress=progress)
+        ds, src = ds_mod.load_image_dataset(r, run_dir, jobs=jobs, progress=progress,
+                                            signatures=signatures)
         _note_outside(src, r, run_dir)
         datasets.append(ds)
         sources.append(src)
@@ -406,6 +407,57 @@ def _not_a_dataset_folder(folder: Path, run_dir: Path) -> str | None:
     real, run_real = os.path.realpath(folder), os.path.realpath(run_dir)
     if run_real == real or run_real.startswith(real.rstrip(os.sep) + os.sep):
         return f"{real} encloses the run directory: not read as a dataset folder"
+    return None
+
+
+def load_samples(cfg: Config, run_dir: Path, files: list[discover.Found], parsed: list[Parsed],
+                 jobs: int | None, progress: bool) -> tuple[list[SampleImage], list[Source]]:
+    """The images the run generated while training, with the prompts of the
+    ``sample_prompts`` file the config names (see :mod:`lorascope.ingest.samples`)."""
+    tb = [im for p in parsed if p.source.kind == "tfevents" for im in p.images]
+    if not files and not tb:
+        return [], []
+    from lorascope.ingest import samples as smp
+    sources: list[Source] = []
+    prompts = None
+    name = cfg.get("sample_prompts")
+    if isinstance(name, str) and name.strip():
+        origin = cfg.origins.get("sample_prompts")
+        r = _resolve(name, run_dir, origin.file if origin else None)
+        if r is None:    # an absolute path of the training machine: a copy in the run folder
+            base = name.replace("\\", "/").rsplit("/", 1)[-1]
+            r = next((f.path for f in discover.walk(run_dir, max_files=20_000)[0]
+                      if f.rel.rsplit("/", 1)[-1] == base), None) if base else None
+        if r is not None and Path(r).is_file():
+            src = Source(ds_display(Path(r), run_dir), "sample_prompts")
+            prompts = smp.read_prompts(Path(r), src)
+            _note_outside(src, Path(r), run_dir)
+            sources.append(src)
+        elif files:
+            sources.append(Source(name, "sample_prompts", problems=[
+                "the sample_prompts file the config names was not found: samples are told "
+                "apart by their prompt number only"]))
+    samples, srcs = smp.load_samples(run_dir, files, tb, prompts, jobs=jobs, progress=progress)
+    return samples, sources + srcs
+
+
+def ds_display(path: Path, run_dir: Path) -> str:
+    from lorascope.ingest.dataset import _display
+    return _display(path, run_dir) or path.name
+
+
+def _epoch_end(epoch: int, bounds: list[int], per_epoch: float | None, last: int | None,
+               epochs: int | None) -> int | None:
+    """The optimizer step at the end of an epoch (kohya samples at epoch ends)."""
+    if epoch == 0:
+        return 0
+    if 0 < epoch <= len(bounds):
+        return bounds[epoch - 1] - 1
+    if per_epoch:
+        step = int(round(epoch * per_epoch))
+        return step if last is None or step <= last else None
+    if last is not None and epochs and epoch == epochs:
+        return last
     return None
 
 
@@ -505,7 +557,8 @@ class _Share:
 
 
 def _assemble(run_dir: Path, name: str, share: _Share, *, latest: bool, rid: str,
-              csvs: list[str], jobs: int | None, progress: bool, order: dict[int, int]) -> Run:
+              csvs: list[str], jobs: int | None, progress: bool, order: dict[int, int],
+              sample_files: list[discover.Found] = ()) -> Run:
     piece_parsed = [pc.parsed for pc in share.pieces]
     curve_files = [p for p in piece_parsed]
     # text logs carry curves only when nothing structured does (build_series decides)
@@ -571,8 +624,10 @@ def _assemble(run_dir: Path, name: str, share: _Share, *, latest: bool, rid: str
     # datasets (shared by the folder: read for the latest run) and the dataset size
     datasets: list = []
     ds_sources: list[Source] = []
+    tb_images = any(p.images for p in everything if p.source.kind == "tfevents")
     if latest:
-        datasets, ds_sources = load_datasets(cfg0, run_dir, csvs, jobs, progress)
+        datasets, ds_sources = load_datasets(cfg0, run_dir, csvs, jobs, progress,
+                                             signatures=bool(sample_files) or tb_images)
     values = dict(cfg0.values)
     origins = dict(cfg0.origins)
     items, items_from = values.get("num_train_items"), None
@@ -621,6 +676,18 @@ def _assemble(run_dir: Path, name: str, share: _Share, *, latest: bool, rid: str
                      last_from_checkpoint=from_ckpt, per_epoch=spe,
                      epochs_done=_epochs_done(series, state), logging_interval=interval)
 
+    # the images it generated (shared by the folder, like the datasets: the latest run's)
+    samples: list[SampleImage] = []
+    smp_sources: list[Source] = []
+    if latest or tb_images:
+        samples, smp_sources = load_samples(cfg0, run_dir, list(sample_files) if latest else [],
+                                            everything, jobs, progress)
+        ep = cfg.get("epochs")
+        for s in samples:
+            if s.step is None and s.epoch is not None:
+                s.step = _epoch_end(s.epoch, bounds, spe, last,
+                                    int(ep) if isinstance(ep, (int, float)) else None)
+
     sources: list[Source] = []
     seen: set[int] = set()
     for p in everything:
@@ -631,11 +698,12 @@ def _assemble(run_dir: Path, name: str, share: _Share, *, latest: bool, rid: str
     cut = tuple((s.path, prob) for s in sources if s.kind in ("tfevents", "wandb")
                 for prob in s.problems if "truncated" in prob)
     return Run(path=str(run_dir), name=name, trainer=trainer, task=task,
-               sources=tuple(sources) + tuple(ds_sources), series=tuple(series), config=cfg,
+               sources=tuple(sources) + tuple(ds_sources) + tuple(smp_sources),
+               series=tuple(series), config=cfg,
                steps=steps, epoch_boundaries=tuple(bounds), checkpoints=tuple(checkpoints),
                datasets=tuple(datasets), events=tuple(share.events),
                data=data, loss_is_running_average=curves.running_average, cut_logs=cut,
-               id=rid, latest=latest)
+               id=rid, latest=latest, samples=tuple(samples))
 
 
 # -- the folder: its runs ------------------------------------------------------------------
@@ -739,7 +807,7 @@ def build_folder(run_dir: Path | str, *, jobs: int | None = None, progress: bool
     # what the walk could not read: a folder it could not list, a link into /proc
     walked = tuple(Source(w.rel, w.kind, 0, [w.reason]) for w in walk_problems
                    if isinstance(w, discover.WalkProblem))
-    if not _readable(parsed):
+    if not _readable(parsed) and not any(f.kind == "sample_image" for f in files):
         if not files:
             raise Unreadable(f"{run_dir}: empty directory")
         why = next((f"; {s.path}: {s.problems[0]}" for s in [p.source for p in parsed] + list(walked)
@@ -779,8 +847,9 @@ def build_folder(run_dir: Path | str, *, jobs: int | None = None, progress: bool
         shares[i].parsed.append(p)
         if p.events and p.source.kind != "text_log":
             shares[i].events.extend(p.events)
+    sample_files = [f for f in files if f.kind == "sample_image"]
     runs = [_assemble(run_dir, name, sh, latest=(i == latest), rid=f"run-{i + 1}", csvs=csvs,
-                      jobs=jobs, progress=progress, order=order)
+                      jobs=jobs, progress=progress, order=order, sample_files=sample_files)
             for i, sh in enumerate(shares)]
     if walked:
         runs = [replace(r, sources=tuple(r.sources) + walked) for r in runs]

@@ -3,7 +3,10 @@
 A symptom (a curve, checkpoint or log finding) lists in the catalog which other
 rules may explain it and with what base confidence.  Those that fired in this
 run become its causes, ranked; timing evidence (an epoch boundary or a
-checkpoint at the symptom's step) adjusts the ranking.  The symptom's fix is its
+checkpoint at the symptom's step) adjusts the ranking.  An entry's ``corroborates``
+table names findings it agrees with (the sample images and the loss curve telling the
+same story): when both fire, and for ``"step"`` when their step ranges meet, each gets a
+line of evidence naming the other.  The symptom's fix is its
 causes' fixes, most confident first, then its catalog default fix — the default
 only when no cause was found or the most likely one is a setting.
 """
@@ -93,9 +96,38 @@ def diagnose(run: Run, findings: list[Finding], catalog: dict[str, dict]) -> lis
                     fix[k] = v2
         for k, v in fix.items():
             f.fix.setdefault(k, v)
+    _corroborate(findings, by_rule, catalog, tol)
     findings.sort(key=lambda f: (-SEVERITY_ORDER.get(f.severity, 0),
                                  f.step if f.step is not None else 1 << 60, f.rule))
     return findings
+
+
+def _window(f: Finding) -> tuple[int, int] | None:
+    if f.step_range and len(f.step_range) == 2:
+        return int(min(f.step_range)), int(max(f.step_range))
+    if f.step is not None:
+        return int(f.step), int(f.step)
+    return None
+
+
+def _corroborate(findings: list[Finding], by_rule: dict[str, list[Finding]],
+                 catalog: dict[str, dict], tol: int) -> None:
+    for f in findings:
+        table = catalog.get(f.rule, {}).get("corroborates", {}) or {}
+        for other_id, mode in table.items():
+            for g in by_rule.get(other_id, []):
+                if g is f:
+                    continue
+                if mode == "step":
+                    a, b = _window(f), _window(g)
+                    if a is None or b is None or a[0] - tol > b[1] or b[0] - tol > a[1]:
+                        continue
+                line = f"agrees with {f.rule}: {f.title}"
+                if line not in g.evidence:
+                    g.evidence.append(line)
+                back = f"agrees with {g.rule}: {g.title}"
+                if back not in f.evidence:
+                    f.evidence.append(back)
 
 
 def verdict(findings: list[Finding]) -> str:

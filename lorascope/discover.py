@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from lorascope.trainers import kohya
+from lorascope.trainers import ai_toolkit_samples, kohya
 
 # Source.kind strings (they appear in the report's run.sources).
 KINDS = (
@@ -36,6 +36,7 @@ KINDS = (
     "mlflow_meta",       # MLflow file store: an experiment's meta.yaml
     "aitk_loss_log",     # ai-toolkit UI logger: loss_log.db (SQLite) in the training folder
     "folder",            # a folder that could not be listed, or a link not followed
+    "sample_image",      # an image a trainer generated while training (kohya sample/, ai-toolkit samples/)
     "other",
 )
 
@@ -116,7 +117,7 @@ def classify(rel: str) -> str:
     if low == "metadata.csv":
         return "dataset_csv"
     if ext in IMAGE_EXTS:
-        return "image"
+        return "sample_image" if is_sample_image(rel) else "image"
     if ext == ".log" or low in ("running_log.txt", "log.txt"):
         return "text_log"
     if ext == ".txt" and re.search(r"(^|/)logs?/", rel.lower()):
@@ -124,6 +125,19 @@ def classify(rel: str) -> str:
     if low in ("stdout.txt", "stderr.txt", "output.txt", "train.txt", "nohup.out"):
         return "text_log"
     return "other"
+
+
+def is_sample_image(rel: str) -> bool:
+    """A file a trainer's sampler wrote: in its sample folder, named its way."""
+    parts = rel.rsplit("/", 2)
+    if len(parts) < 2:
+        return False
+    folder, name = parts[-2], parts[-1]
+    if folder == kohya.SAMPLE_DIR:
+        return kohya.sample_name(name) is not None
+    if folder == ai_toolkit_samples.SAMPLE_DIR:
+        return ai_toolkit_samples.sample_name(name) is not None
+    return False
 
 
 def walk(run_dir: Path, max_files: int = MAX_FILES) -> tuple[list[Found], list[str]]:

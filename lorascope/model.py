@@ -41,6 +41,8 @@ EXTRA_CONFIG_KEYS = (
     "val_size", "max_samples",  # LLaMA-Factory: held-out share, record cap
     "base_model_name",     # a model named only by its file name (kohya ss_sd_model_name)
     "sample_packing",      # axolotl: several samples packed per sequence (no step count)
+    "sample_prompts",      # kohya / lora-scripts: the file of prompts sample images are made from
+    "sample_every_n_steps", "sample_every_n_epochs",
 )
 
 
@@ -219,6 +221,7 @@ class DataItem:
     length: int | None = None      # text length in characters
     control_chars: int = 0
     tokens: int | None = None      # approximate token count of a text record (no tokenizer)
+    signature: "Signature | None" = None   # images, when the run has samples to compare
 
 
 @dataclass
@@ -233,6 +236,46 @@ class Dataset:
     records: int | None = None     # samples in the dataset; may exceed len(items) for huge
                                    # text sets, where only flagged records keep an item
     views: int | None = None       # samples of one epoch counting kohya N_name repeats
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What an image is reduced to for comparing it with others (see lorascope.imagesim)."""
+
+    phash: int                     # 64-bit DCT perceptual hash (imagehash.phash)
+    tiny: bytes                    # 32x32 RGB copy, row-major uint8
+
+
+@dataclass
+class SampleImage:
+    """One image a trainer generated while it trained (a sample / validation image)."""
+
+    file: str                      # path relative to the run dir; TensorBoard: "<event file>#<tag>@<step>"
+    step: int | None               # optimizer step it was made after (None: unknown)
+    epoch: int | None = None       # the epoch it was made after, when its name gives only that
+    prompt_index: int | None = None    # position of its prompt in the prompts file
+    seed: int | None = None
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    tag: str | None = None         # TensorBoard tag (the timeline key when no prompt index)
+    width: int | None = None
+    height: int | None = None
+    error: str | None = None       # could not be decoded
+    blank: str | None = None       # "black" | "white" | "constant" | "noise"
+    noise: float | None = None     # lag-one autocorrelation of the grey levels (imagesim.noise_score)
+    signature: Signature | None = None
+    thumb: bytes | None = None     # JPEG, longer side ingest.samples.THUMB_SIDE pixels
+
+
+@dataclass
+class EncodedImage:
+    """An image summary of an event file, still encoded (decoded by ingest.samples)."""
+
+    tag: str
+    step: int
+    wall_time: float
+    data: bytes
+    source: str
 
 
 class ParseFacts(TypedDict, total=False):
@@ -273,6 +316,7 @@ class Parsed:
     checkpoints: list[Checkpoint] = field(default_factory=list)
     datasets: list[Dataset] = field(default_factory=list)
     facts: ParseFacts = field(default_factory=dict)     # see ParseFacts
+    images: list[EncodedImage] = field(default_factory=list)   # TensorBoard image summaries
 
 
 @dataclass(frozen=True)
@@ -350,10 +394,12 @@ class Run:
     # every file read in the folder, this run's and the others' (the report's
     # run.sources); empty when the folder holds one run (then it is `sources`)
     folder_sources: tuple[Source, ...] = ()
+    # images the trainer generated while it trained (sample/, samples/, TensorBoard images)
+    samples: tuple[SampleImage, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("sources", "series", "epoch_boundaries", "checkpoints", "datasets",
-                     "events", "cut_logs", "mixed", "others", "folder_sources"):
+                     "events", "cut_logs", "mixed", "others", "folder_sources", "samples"):
             v = getattr(self, name)
             if not isinstance(v, tuple):
                 object.__setattr__(self, name, tuple(v))

@@ -11,4 +11,7 @@ for run in hf-lr-diverge sd-bad-metadata; do
     --hide-scrollbars --window-size=1280,900 --screenshot="docs/img/report-$run.png" \
     "file://$out/$run.html" 2>/dev/null
 done
+# the sample strips of a memorising SD run (one element of the page, through playwright)
+.venv/bin/lorascope analyze fixtures/runs/sd-samples-memorize --html "$out/samples.html" > /dev/null || true
+.venv/bin/python scripts/sample_strip_shot.py "$out/samples.html" docs/img/report-samples-strip.png
 cat "$out/hf-lr-diverge.txt"

@@ -121,11 +121,17 @@ def _decode(data: bytes, encoding: str, bom: bool) -> str:
 
 # -- image decoding (runs in worker processes) -------------------------------------------
 
-def _scan_image(path: str) -> tuple[int | None, int | None, str | None, str | None, str | None]:
-    """Decode one image cheaply but completely.
+def decode_image(src: str | bytes, draft: tuple[int, int] = DRAFT_SIZE):
+    """Decode one image (a path, or the encoded bytes) cheaply but completely, with the
+    guarantees every image lorascope opens gets: opened through safe_open (a regular file,
+    never /proc, /sys or /dev), Pillow's pixel limit as a hard error (decompression bombs),
+    warnings silenced, any decoder exception turned into an error string, EXIF orientation
+    applied.
 
-    Returns (width, height, error, degenerate, format).  width/height come from the
-    header (full size), not from the draft.
+    Returns (width, height, error, format, image): width/height come from the header
+    (full size); image is the decoded picture at reduced scale (JPEG draft mode: every
+    entropy-coded byte is still read, so truncation is caught), None on error.  An error
+    that starts with UNREADABLE is a file that could not be opened, not a bad image.
     """
     from PIL import Image, ImageOps
 
@@ -134,35 +140,60 @@ def _scan_image(path: str) -> tuple[int | None, int | None, str | None, str | No
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            fh = open_file(path)
-        except PermissionError:
-            return w, h, f"{UNREADABLE}permission denied", None, fmt
-        except OSError as e:
-            return w, h, f"{UNREADABLE}{e.strerror or _short(e)}", None, fmt
+        if isinstance(src, (bytes, bytearray)):
+            fh = io.BytesIO(src)
+        else:
+            try:
+                fh = open_file(src)
+            except PermissionError:
+                return w, h, f"{UNREADABLE}permission denied", fmt, None
+            except OSError as e:
+                return w, h, f"{UNREADABLE}{e.strerror or _short(e)}", fmt, None
         try:
             with fh, Image.open(fh) as im:
                 w, h = im.size
                 fmt = im.format
-                # JPEG: decode at reduced scale; every entropy-coded byte is still read,
-                # so truncation is caught.  Other formats ignore draft and load fully.
-                im.draft("RGB", DRAFT_SIZE)
+                # Other formats ignore draft and load fully.
+                im.draft("RGB", draft)
                 im.load()
                 try:
                     small = ImageOps.exif_transpose(im)
                 except Exception as e:  # noqa: BLE001
-                    return w, h, f"EXIF: {_short(e)}", None, fmt
-                return w, h, None, _degenerate(small), fmt
+                    return w, h, f"EXIF: {_short(e)}", fmt, None
+                return w, h, None, fmt, small
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             if w is None:
-                w, h = _header_size(path)
-            return w, h, f"decompression bomb: {w}x{h}", None, fmt
+                w, h = _header_size(src)
+            return w, h, f"decompression bomb: {w}x{h}", fmt, None
         except Image.UnidentifiedImageError:
-            return w, h, "not an image Pillow can identify", None, fmt
+            return w, h, "not an image Pillow can identify", fmt, None
         except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
-            return w, h, _short(e), None, fmt
+            return w, h, _short(e), fmt, None
         except Exception as e:  # noqa: BLE001 - a decoder bug must not stop the scan
-            return w, h, f"{type(e).__name__}: {_short(e)}", None, fmt
+            return w, h, f"{type(e).__name__}: {_short(e)}", fmt, None
+
+
+def _scan_image(path: str) -> tuple[int | None, int | None, str | None, str | None, str | None]:
+    """Decode one image (see :func:`decode_image`).
+
+    Returns (width, height, error, degenerate, format).
+    """
+    w, h, err, fmt, im = decode_image(path)
+    return w, h, err, (_degenerate(im) if im is not None else None), fmt
+
+
+def _scan_signed(path: str) -> tuple:
+    """:func:`_scan_image` and the image's :class:`~lorascope.model.Signature` (for
+    comparing the run's sample images with it), None when it does not decode."""
+    w, h, err, fmt, im = decode_image(path)
+    if im is None:
+        return w, h, err, None, fmt, None
+    from lorascope.imagesim import signature
+    try:
+        sig = signature(im)
+    except Exception:  # noqa: BLE001 - odd modes: no signature rather than no scan
+        sig = None
+    return w, h, err, _degenerate(im), fmt, sig
 
 
 def _short(e: BaseException) -> str:
@@ -170,13 +201,14 @@ def _short(e: BaseException) -> str:
     return s if len(s) <= 160 else s[:157] + "..."
 
 
-def _header_size(path: str) -> tuple[int | None, int | None]:
+def _header_size(src: str | bytes) -> tuple[int | None, int | None]:
     """Size from the header of an image that the pixel limit refused (nothing decoded)."""
     from PIL import Image
     old = Image.MAX_IMAGE_PIXELS
     try:
         Image.MAX_IMAGE_PIXELS = None
-        with open_file(path) as fh, Image.open(fh) as im:
+        with (io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else open_file(src)) as fh, \
+                Image.open(fh) as im:
             return im.size
     except Exception:  # noqa: BLE001
         return None, None
@@ -214,11 +246,18 @@ def _scan_chunk(paths: list[str]) -> list[tuple]:
     return [_scan_image(p) for p in paths]
 
 
-def scan_images(paths: list[str], jobs: int | None = None, progress: bool = False,
-                problems: list[str] | None = None) -> list[tuple | None]:
+def _scan_chunk_signed(paths: list[str]) -> list[tuple]:
+    return [_scan_signed(p) for p in paths]
+
+
+def scan_images(paths: list, jobs: int | None = None, progress: bool = False,
+                problems: list[str] | None = None, chunk_fn=_scan_chunk,
+                what: str = "checking images") -> list[tuple | None]:
     """Decode every path (see :func:`_scan_image`), in parallel when it pays off.
 
-    Results are in the order of ``paths``; ``None`` where a worker died.
+    ``chunk_fn`` decodes a list of inputs into a list of results (a module-level
+    function: it runs in worker processes).  Results are in the order of ``paths``;
+    ``None`` where a worker died.
     """
     n = len(paths)
     jobs = max(1, jobs or os.cpu_count() or 1)
@@ -229,11 +268,11 @@ def scan_images(paths: list[str], jobs: int | None = None, progress: bool = Fals
         nonlocal done
         done += k
         if progress:
-            print(f"\rchecking images {done}/{n}", end="", file=sys.stderr, flush=True)
+            print(f"\r{what} {done}/{n}", end="", file=sys.stderr, flush=True)
 
     if jobs == 1 or n < 64:
         for i, p in enumerate(paths):
-            out[i] = _scan_image(p)
+            out[i] = chunk_fn([p])[0]
             if progress and (i % 50 == 0 or i == n - 1):
                 tick(i + 1 - done)
     else:
@@ -241,7 +280,7 @@ def scan_images(paths: list[str], jobs: int | None = None, progress: bool = Fals
         lost = 0
         try:
             with ProcessPoolExecutor(max_workers=jobs) as ex:
-                futs = {ex.submit(_scan_chunk, paths[i:i + chunk]): i for i in range(0, n, chunk)}
+                futs = {ex.submit(chunk_fn, paths[i:i + chunk]): i for i in range(0, n, chunk)}
                 for f in as_completed(futs):
                     i = futs[f]
                     try:
@@ -257,7 +296,7 @@ def scan_images(paths: list[str], jobs: int | None = None, progress: bool = Fals
                 problems.append(f"parallel image check unavailable ({_short(e)}); ran in one process")
             for i, p in enumerate(paths):
                 if out[i] is None:
-                    out[i] = _scan_image(p)
+                    out[i] = chunk_fn([p])[0]
             lost = 0
         if lost and problems is not None:
             problems.append(f"an image-check worker died: {lost} images were not checked")
@@ -346,13 +385,16 @@ def _read_manifest(path: Path, ds: Dataset) -> list[tuple[int, str, str | None]]
 
 
 def load_image_dataset(root: Path, run_dir: Path, *, jobs: int | None = None,
-                       progress: bool = False) -> tuple[Dataset, Source]:
+                       progress: bool = False, signatures: bool = False) -> tuple[Dataset, Source]:
     """Read a kohya / lora-scripts ``train_data_dir`` and decode every image in it.
 
     Items come from ``metadata.csv`` when there is one (each ``file_name`` resolved
     against ``root``: missing, present only under another letter case, or escaping
     the directory), then from the images on disk that the manifest does not name.
     Without a manifest, captions come from ``img.txt`` / ``img.caption`` beside each image.
+
+    ``signatures``: also give every decoded image its
+    :class:`~lorascope.model.Signature` (the run's sample images are compared with them).
     """
     root = Path(root)
     if root.is_file() and root.name.lower() == "metadata.csv":
@@ -458,13 +500,16 @@ def load_image_dataset(root: Path, run_dir: Path, *, jobs: int | None = None,
                            f"outside them (e.g. {loose[0]}) are not trained on")
 
     results = scan_images([p for _, p in to_scan], jobs=jobs, progress=progress,
-                          problems=ds.problems)
+                          problems=ds.problems,
+                          chunk_fn=_scan_chunk_signed if signatures else _scan_chunk)
     mismatched: list[str] = []
     unreadable: dict[str, list[str]] = {}
     for (item, path), res in zip(to_scan, results):
         if res is None:
             continue
-        item.width, item.height, item.error, item.degenerate, fmt = res
+        item.width, item.height, item.error, item.degenerate, fmt = res[:5]
+        if signatures:
+            item.signature = res[5]
         if item.error and item.error.startswith(UNREADABLE):
             # permissions, a special file: the image may be fine; it is not a corrupt one
             unreadable.setdefault(item.error[len(UNREADABLE):], []).append(item.file)

@@ -28,6 +28,14 @@ decoding:
   scalars (a ``tensor`` value whose tag's first ``metadata.plugin_data.plugin_name``
   is ``"scalars"``, dtype float or double).
 
+Image summaries (``Summary.Image`` as ``SummaryWriter.add_image`` writes it, and TF2
+``tensor`` values of the ``images`` plugin) take the protobuf path; their encoded bytes
+are kept as :class:`~lorascope.model.EncodedImage` (decoded later, by
+:mod:`lorascope.ingest.samples`), within a budget: at most ``MAX_IMAGE_BYTES`` per image
+and ``IMAGE_BUDGET`` bytes / ``MAX_IMAGES`` images per file; past the budget every other
+image kept so far is dropped, tag by tag, and later ones are kept at the doubled stride
+(an evenly thinned timeline, with a problem saying so).
+
 Both paths give the same points (tests check it on random events).  Series keep file
 order; nothing is sorted or deduplicated here.
 
@@ -53,7 +61,7 @@ from google.protobuf.message import DecodeError
 from tensorboard.compat.proto import event_pb2, types_pb2
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import CRC_TABLE
 
-from lorascope.model import Parsed, RawSeries, Source
+from lorascope.model import EncodedImage, Parsed, RawSeries, Source
 from lorascope.safe_open import open_file
 
 MAX_RECORD = 64 << 20          # bytes; a longer length field is treated as corruption
@@ -63,6 +71,10 @@ MAX_ROLE_TAGS = 1_000          # and as many again whose names are a loss, lr or
 BIG_RECORD = 64 * 1024         # a larger summary record is decoded value by value
 _HEADER = 12                   # uint64 length + uint32 crc
 _FRAME = 16                    # header + trailing data crc
+
+MAX_IMAGE_BYTES = 16 << 20     # one encoded image larger than this is not kept
+IMAGE_BUDGET = 128 << 20       # encoded image bytes kept per file
+MAX_IMAGES = 4000              # images kept per file
 
 _CRC = np.asarray(CRC_TABLE, dtype=np.uint32)
 _Q = struct.Struct("<Q").unpack_from
@@ -144,7 +156,8 @@ class _Acc:
 
 
 class _State:
-    def __init__(self) -> None:
+    def __init__(self, rel: str = "") -> None:
+        self.rel = rel
         self.accs: dict[str, _Acc] = {}
         self.plugin: dict[str, str] = {}     # tag -> plugin_name of its first metadata
         self.undecodable = 0
@@ -154,6 +167,45 @@ class _State:
         self.dropped: set[str] = set()       # tags past MAX_TAGS (their names, up to a bound)
         self.dropped_count = 0
         self.role_tags = 0                   # tags kept beyond MAX_TAGS for their role
+        self.images: dict[str, list[EncodedImage]] = {}   # tag -> kept images, file order
+        self.image_seen: dict[str, int] = {}              # tag -> images met
+        self.image_stride = 1
+        self.image_bytes = 0
+        self.images_kept = 0
+        self.images_too_large = 0
+        self.images_full = False
+
+    def add_image(self, tag: str, step: int, wall: float, data: bytes, rel: str) -> None:
+        """Keep one encoded image within the budget (see the module doc)."""
+        k = self.image_seen.get(tag, 0)
+        self.image_seen[tag] = k + 1
+        if len(data) > MAX_IMAGE_BYTES:
+            self.images_too_large += 1
+            return
+        if self.images_full:
+            return
+        if k % self.image_stride:
+            return
+        self.images.setdefault(tag, []).append(EncodedImage(tag, int(step), float(wall), data, rel))
+        self.image_bytes += len(data)
+        self.images_kept += 1
+        while self.image_bytes > IMAGE_BUDGET or self.images_kept > MAX_IMAGES:
+            before = self.images_kept
+            self.image_stride *= 2
+            for t, lst in self.images.items():
+                self.images[t] = lst[::2]
+            kept = [im for lst in self.images.values() for im in lst]
+            self.image_bytes = sum(len(im.data) for im in kept)
+            self.images_kept = len(kept)
+            if self.images_kept == before:
+                # one image per tag (many tags): thinning frees nothing, keep no more
+                lst = self.images[tag]
+                if lst and lst[-1].step == int(step):
+                    lst.pop()
+                    self.image_bytes -= len(data)
+                    self.images_kept -= 1
+                self.images_full = True
+                break
 
     def drop(self, tag: str) -> None:
         if tag not in self.dropped:
@@ -192,7 +244,7 @@ def parse(path: Path, rel: str, *, verify_data_crc: bool = False,
     decodes every record with protobuf (reference behaviour, slow).
     """
     src = Source(path=rel, kind="tfevents")
-    st = _State()
+    st = _State(rel)
     try:
         f = open_file(path)
     except OSError as e:
@@ -210,13 +262,24 @@ def parse(path: Path, rel: str, *, verify_data_crc: bool = False,
     if st.dropped_count:
         src.problems.append(f"more than {MAX_TAGS} scalar tags: {st.dropped_count}"
                             f"{'+' if len(st.dropped) >= MAX_TAGS else ''} further tags not read")
+    if st.images_full:
+        src.problems.append(f"images of more than {MAX_IMAGES} tags: those after the first "
+                            f"{st.images_kept} were not kept")
+    elif st.image_stride > 1:
+        src.problems.append(f"{sum(st.image_seen.values())} images: more than the "
+                            f"{IMAGE_BUDGET >> 20} MiB / {MAX_IMAGES} kept per file, every "
+                            f"{st.image_stride}th of each tag kept")
+    if st.images_too_large:
+        src.problems.append(f"{st.images_too_large} images larger than {MAX_IMAGE_BYTES >> 20} MiB "
+                            "were not read")
     src.records = st.records
     series = []
     for tag, acc in st.accs.items():
         steps, values, walls = acc.finish()
         series.append(RawSeries(tag=tag, steps=steps, values=values, source=rel,
                                 wall_times=walls))
-    return Parsed(source=src, series=series, facts=st.facts)
+    images = [im for lst in st.images.values() for im in lst]
+    return Parsed(source=src, series=series, facts=st.facts, images=images)
 
 
 class _ReadWindows:
@@ -477,6 +540,15 @@ def _collect(vals, i: int, step: int, wall: float, st: _State, tag_index: dict, 
             x = _tensor_scalar(val.tensor)
             if x is None:
                 continue
+        elif kind == "image":
+            st.add_image(tag, step, wall, val.image.encoded_image_string, st.rel)
+            continue
+        elif kind == "tensor" and st.plugin.get(tag) == "images":
+            # TF2 image summary: a string tensor [width, height, image, image, ...]
+            ims = list(val.tensor.string_val[2:])
+            for j, data in enumerate(ims):
+                st.add_image(tag if len(ims) == 1 else f"{tag}/{j}", step, wall, data, st.rel)
+            continue
         else:
             continue
         t = tag_index.get(tag)

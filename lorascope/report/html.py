@@ -15,6 +15,7 @@ from lorascope import __version__
 from lorascope.report import charts
 from lorascope.report.paths import write_report
 from lorascope.report.safe import visible
+from lorascope.report.samples import sample_section
 from lorascope.rules.registry import data_dir
 from lorascope.safe_open import open_file
 
@@ -184,6 +185,7 @@ def render_html(a, doc: dict) -> str:
         "findings": [dict(f.to_json(), diff=fix_diff(run, f.fix), idx=i)
                      for i, f in enumerate(findings)],
         "images": flagged_images(run, findings),
+        "samples": sample_section(run, findings),
         "counts": {s: sum(1 for f in findings if f.severity == s) for s in ("critical", "warning", "info")},
         "version": __version__,
         "generated": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -38,6 +38,7 @@ def catalog_document(override: Path | None = None) -> dict:
             "params": entry.get("params", {}),
             "rationale": entry.get("rationale", ""),
             "causes": entry.get("causes", {}),
+            "corroborates": entry.get("corroborates", {}),
             "fix": entry.get("fix", {}),
             "doc": {s: doc.get(s, "") for s in DOC_SECTIONS},
             "implemented": spec is not None,
@@ -87,6 +88,12 @@ def rule_page(r: dict) -> str:
     if r["causes"]:
         out += ["## Likely causes linked by the diagnosis", "", "| rule | base confidence |", "|---|---|"]
         out += [f"| [`{k}`]({k}.md) | {v} |" for k, v in r["causes"].items()]
+        out.append("")
+    if r.get("corroborates"):
+        out += ["## Findings it corroborates", "",
+                "When both fire (`step`: and their step ranges meet), each names the other in "
+                "its evidence.", "", "| rule | when |", "|---|---|"]
+        out += [f"| [`{k}`]({k}.md) | {v} |" for k, v in r["corroborates"].items()]
         out.append("")
     if r["fix"]:
         out += ["## Default fix applied by `rerun --fix`", "", "```toml"]

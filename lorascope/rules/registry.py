@@ -37,7 +37,7 @@ from lorascope.model import Finding, Run
 DOC_SECTIONS = ("What it detects", "Why it matters", "Example", "Fix")
 SEVERITIES = ("critical", "warning", "info")
 ROLE_NEEDS = ("train_loss", "eval_loss", "lr", "grad_norm")
-ATTR_NEEDS = ("checkpoints", "datasets", "events", "config")
+ATTR_NEEDS = ("checkpoints", "datasets", "events", "config", "samples")
 
 
 @dataclass

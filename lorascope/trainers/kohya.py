@@ -57,6 +57,9 @@ KEYS = (
     Key("gradient_checkpointing", ("gradient_checkpointing",), to_bool),
     Key("output_dir", ("output_dir",), to_str, write=False),
     Key("logging_dir", ("logging_dir",), to_str, write=False),
+    Key("sample_prompts", ("sample_prompts",), to_str, write=False),
+    Key("sample_every_n_steps", ("sample_every_n_steps",), to_int, write=False),
+    Key("sample_every_n_epochs", ("sample_every_n_epochs",), to_int, write=False),
 )
 KEY_NAMES = {
     "network_module", "network_dim", "network_alpha", "unet_lr", "text_encoder_lr",
@@ -436,3 +439,110 @@ def file_step(metadata: dict[str, str], positive: bool = True) -> int | None:
 
 def file_epoch(metadata: dict[str, str]) -> int | None:
     return _meta_int(metadata.get("ss_epoch"))
+
+
+# -- sample images (train_util.sample_image_inference) ------------------------------------
+# Saved to ``<output_dir>/sample/`` as
+#   f"{output_name + '_' if output_name else ''}{num_suffix}_{i:02d}_{ts}{seed_suffix}.png"
+# with num_suffix = f"e{epoch:06d}" at an epoch's end (epoch + 1; "e000000" for
+# --sample_at_first) or f"{steps:06d}" every sample_every_n_steps, i the prompt's position
+# in the prompts file (blank and "#" lines skipped), ts = strftime("%Y%m%d%H%M%S") local
+# time, seed_suffix = f"_{seed}" when the prompt sets --d.  That order holds since
+# 2024-02-03 (sd-scripts 1567ce1e); from 2023-02-28 (82707654) the timestamp came first,
+# f"{name_}{ts}_{num_suffix}_{i:02d}{seed_suffix}.png"; the first version (dd523c94,
+# one day) wrote "_" after the output name even when there was none.  Same names in
+# sdxl, sd3, flux, lumina and hunyuan trainers (their *_train_utils).
+SAMPLE_DIR = "sample"
+_NUM = r"(?P<num>e\d{6}|\d{6,})"
+SAMPLE_NAME_RES = (
+    re.compile(rf"^(?:(?P<name>.*?)_)?{_NUM}_(?P<idx>\d{{2,}})_(?P<ts>\d{{14}})(?:_(?P<seed>\d+))?\.png$"),
+    re.compile(rf"^(?:(?P<name>.*?)_)?(?P<ts>\d{{14}})_{_NUM}_(?P<idx>\d{{2,}})(?:_(?P<seed>\d+))?\.png$"),
+)
+
+
+def sample_name(name: str) -> dict | None:
+    """{"step" | "epoch", "index", "seed", "written", "output_name"} from a sample file
+    name, or None when kohya did not name it."""
+    for rx in SAMPLE_NAME_RES:
+        m = rx.match(name)
+        if m is None:
+            continue
+        num = m.group("num")
+        out: dict = {"index": int(m.group("idx")), "written": m.group("ts"),
+                     "seed": int(m.group("seed")) if m.group("seed") else None,
+                     "output_name": m.group("name") or None}
+        if num.startswith("e"):
+            out["epoch"] = int(num[1:])
+        else:
+            out["step"] = int(num)
+        return out
+    return None
+
+
+def prompt_line(line: str) -> dict:
+    """train_util.line_to_prompt_dict: "a cat --n ugly --w 512 --h 768 --d 42 --s 28 --l 7"
+    -> {"prompt", "negative_prompt", "width", "height", "seed", "sample_steps", "scale"}."""
+    parts = line.split(" --")
+    out: dict = {"prompt": parts[0]}
+    for part in parts:
+        for key, rx, conv in _PROMPT_OPTS:
+            m = rx.match(part)
+            if m:
+                try:
+                    out[key] = conv(m.group(1))
+                except ValueError:
+                    pass
+                break
+    return out
+
+
+_PROMPT_OPTS = (
+    ("width", re.compile(r"w (\d+)", re.I), int),
+    ("height", re.compile(r"h (\d+)", re.I), int),
+    ("seed", re.compile(r"d (\d+)", re.I), int),
+    ("sample_steps", re.compile(r"s (\d+)", re.I), lambda v: max(1, min(1000, int(v)))),
+    ("scale", re.compile(r"l ([\d.]+)", re.I), float),
+    ("negative_prompt", re.compile(r"n (.+)", re.I), str),
+)
+
+
+def prompts_from(text: str, suffix: str) -> list[dict] | None:
+    """The prompts of a ``sample_prompts`` file (train_util.load_prompts): ``.txt`` one per
+    line (blank lines and lines starting with "#" skipped) in the syntax of
+    :func:`prompt_line`; ``.toml`` ``[prompt]`` defaults with ``[[prompt.subset]]`` entries;
+    ``.json`` a list of strings or objects.  None when the document is not one of these."""
+    import tomllib
+    suffix = suffix.lower()
+    if suffix == ".toml":
+        try:
+            doc = tomllib.loads(text)
+        except (tomllib.TOMLDecodeError, ValueError, RecursionError):
+            return None
+        base = doc.get("prompt") if isinstance(doc.get("prompt"), dict) else None
+        subs = base.get("subset") if base is not None else None
+        if not isinstance(subs, list):
+            return None
+        defaults = {k: v for k, v in base.items() if k != "subset"}
+        items: list = [dict(defaults, **s) for s in subs if isinstance(s, dict)]
+    elif suffix == ".json":
+        try:
+            items = _json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(items, list):
+            return None
+    else:
+        items = [ln.strip() for ln in text.splitlines(keepends=True)
+                 if ln.strip() and not ln.startswith("#")]
+    out = []
+    for it in items:
+        if isinstance(it, str):
+            out.append(prompt_line(it))
+        elif isinstance(it, dict):
+            d = {k: it.get(k) for k in ("prompt", "negative_prompt", "width", "height", "seed",
+                                        "sample_steps", "scale")}
+            d["seed"] = to_int(d["seed"])
+            out.append(d)
+        else:
+            out.append({})
+    return out
