@@ -15,6 +15,9 @@
     if (a !== 0 && (a >= 1e5 || a < 1e-3)) { return v.toExponential(3); }
     return String(+v.toPrecision(5));
   }
+  function tickText(u, ticks) {            // (a log axis leaves its minor ticks unlabelled: null)
+    return ticks.map(function (v) { return v == null ? '' : fmt(v); });
+  }
   function rgba(hex, alpha) {
     if (alpha == null || alpha >= 1) { return hex; }
     var n = parseInt(hex.slice(1), 16);
@@ -136,7 +139,7 @@
         {label: xlabel, grid: {stroke: '#f1f5f9'}, ticks: {stroke: '#e5e7eb'}, incrs: st.pct ? undefined : STEP_INCRS},
         {label: st.norm ? spec.ylabel + ' (normalised)' : spec.ylabel, scale: 'y', size: 64,
          grid: {stroke: '#f1f5f9'}, ticks: {stroke: '#e5e7eb'},
-         values: function (u, ticks) { return ticks.map(fmt); }}
+         values: tickText}
       ],
       series: [{label: st.pct ? '% of run' : (spec.xlabel || 'step'),
                 value: function (u, v) { return v == null ? '—' : (st.pct ? v.toFixed(1) + '%' : String(v)); }}],
@@ -155,7 +158,7 @@
     if (spec.lr) {
       opts.scales.lr = {};
       opts.axes.push({scale: 'lr', side: 1, label: 'learning rate', size: 70, grid: {show: false},
-                      values: function (u, ticks) { return ticks.map(fmt); }});
+                      values: tickText});
     }
     if (group.markers && !st.pct) {
       opts.hooks.drawClear = [drawMarks(group.markers, true)];
