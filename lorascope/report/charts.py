@@ -25,6 +25,7 @@ from lorascope.report.safe import visible
 BUCKETS = 1000             # per series: ~ pixel columns of a chart
 WINDOW = 150               # points kept at full resolution either side of the diagnosed step
 SWEEP_BUCKETS = 120        # per run on the sweep index's overlay chart
+STATIC_BUCKETS = 300       # per series in the static SVG (the picture without JavaScript)
 MAX_MARKS = 500            # per kind of marker (non-finite steps, checkpoints, epochs)
 LABEL_CHARS = 80
 
@@ -94,8 +95,21 @@ def _keep_index(steps: np.ndarray, at: Iterable[int], windows: Iterable[int] = (
 
 
 def _ys(values: np.ndarray) -> list:
-    """Values for the page: six significant digits, None (a gap) where not finite."""
-    return [float(f"{v:.6g}") if np.isfinite(v) else None for v in values.tolist()]
+    """Values for the page: rounded to six significant digits (vectorised), None (a gap)
+    where not finite."""
+    v = np.asarray(values, dtype=float)
+    fin = np.isfinite(v)
+    out = np.where(fin, v, 0.0)
+    nz = fin & (np.abs(v) > 1e-300)
+    if nz.any():
+        with np.errstate(over="ignore", invalid="ignore"):
+            scale = 10.0 ** (5 - np.floor(np.log10(np.abs(v[nz]))))
+            r = np.round(v[nz] * scale) / scale
+        out[nz] = np.where(np.isfinite(r), r, v[nz])
+    lst = out.tolist()
+    for i in np.flatnonzero(~fin).tolist():
+        lst[i] = None
+    return lst
 
 
 def label(text) -> str:
@@ -316,7 +330,9 @@ def static_svg(data: dict | None, width: int = 1000, height: int = 260) -> str |
                      f'stroke="#dc2626" stroke-width="2"/>')
     for s in curves:
         segs, cur = [], []
-        for x, y in zip(s["x"], s["y"]):
+        ya = np.array([np.nan if y is None else y for y in s["y"]], dtype=float)
+        keep = reduce_index(ya, STATIC_BUCKETS).tolist()
+        for x, y in zip((s["x"][i] for i in keep), (s["y"][i] for i in keep)):
             if y is None:
                 if cur:
                     segs.append(cur)
