@@ -263,7 +263,7 @@ def _cell(v) -> dict:
 def _colors(verdicts: list[str]) -> list[str]:
     """One colour per run: reds for failed runs, ambers for warnings, blues for healthy
     ones, each family spread over its runs."""
-    base = {"failed": (0, 18), "warning": (28, 45), "healthy": (195, 235)}
+    base = {"failed": (350, 365), "warning": (36, 50), "healthy": (195, 235)}
     seen: dict[str, int] = {}
     total = {v: verdicts.count(v) for v in set(verdicts)}
     out = []
@@ -272,7 +272,7 @@ def _colors(verdicts: list[str]) -> list[str]:
         k = seen.get(v, 0)
         seen[v] = k + 1
         f = k / max(1, total[v] - 1)
-        hue = lo + (hi - lo) * f
+        hue = (lo + (hi - lo) * f) % 360
         light = 38 + 18 * ((k * 7) % 5) / 4
         out.append(_hsl_hex(hue, 0.7 if v != "healthy" else 0.45, light / 100))
     return out
