@@ -232,21 +232,62 @@ def terminal(data: bytes) -> None:
     assert json.loads(js) == doc                       # the exact strings, escaped
 
 
+def _handlers(text: str) -> list[str]:
+    """Event-handler attributes (on...) of the page's elements, as an HTML parser reads them."""
+    from html.parser import HTMLParser
+    found: list[str] = []
+
+    class P(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            found.extend(f"{tag} {k}" for k, _v in attrs if k.lower().startswith("on"))
+    P().feed(text)
+    return found
+
+
+def _page_scripts(text: str, where: str) -> None:
+    """A page runs one script, the page's own (uPlot and lorascope's code: the same text
+    whatever the data, allowed by its hash), and holds one JSON data block that parses
+    and cannot close itself or open markup (no ``<`` at all)."""
+    import base64
+    import hashlib
+    import re
+
+    from lorascope.report.html import _script
+    own = {str(_script(*names)[0]) for names in (("uplot", "charts.js", "filters.js", "tables.js"),
+                                                  ("uplot", "charts.js", "tables.js"))}
+    blocks = re.findall(r"<script\b([^>]*)>(.*?)</script>", text, re.S | re.I)
+    assert text.lower().count("<script") == len(blocks) == 2, f"{where}: {len(blocks)} script elements"
+    code = [body for attrs, body in blocks if not attrs.strip()]
+    data = [body for attrs, body in blocks if attrs.strip() == 'type="application/json" id="chart-data"']
+    assert len(code) == 1 and len(data) == 1, f"{where}: a script that is not the page's own"
+    assert code[0] in own, f"{where}: the page's script changed with the data"
+    digest = base64.b64encode(hashlib.sha256(code[0].encode("utf-8")).digest()).decode()
+    assert f"script-src 'sha256-{digest}'" in text, f"{where}: the policy does not allow exactly the page's script"
+    assert "<" not in data[0] and ">" not in data[0] and "&" not in data[0], f"{where}: markup in the data block"
+    json.loads(data[0])
+
+
 def html(data: bytes) -> None:
     """The report page and the batch index: no raw control character from the data, no
-    script but the page's own, no event-handler attribute, links only ./relative."""
+    script but the page's own (the chart data a JSON block that cannot end itself), no
+    event-handler attribute, links only ./relative."""
     import re
 
     import numpy as np
 
     from lorascope.analyze import Analysis
     from lorascope.model import Cause, Config, ConfigValue, DataItem, Dataset, Finding, Run, Series, Source, StepInfo
+    from lorascope.report.charts import sweep_curve
     from lorascope.report.html import render_html, write_index
     t = _texts(data, 12)
     t[0] = t[0].replace("\x00", "")                    # a run directory's path has no NUL
+    loss = np.r_[np.linspace(2.0, 0.5, 30), [np.nan], np.linspace(0.5, 9.0, 9)]
     run = Run(path=t[0], name=t[0], trainer="kohya", task="sd",
               sources=[Source(t[1], "text_log", 1, [t[2], t[3]])],
-              series=[Series(t[5], "other", np.arange(1, 4), np.ones(3), [t[1]])],
+              series=[Series(t[5], "train_loss", np.arange(1, 41), loss, [t[1]]),
+                      Series(t[8], "eval_loss", np.arange(5, 41, 5), loss[4::5], [t[1]]),
+                      Series(t[7], "lr", np.arange(1, 41), np.full(40, 1e-4), [t[1]]),
+                      Series(t[5], "other", np.arange(1, 4), np.ones(3), [t[1]])],
               config=Config({"lr_scheduler": t[4], "train_data_dir": "img"},
                             {"lr_scheduler": ConfigValue("lr_scheduler", t[4], t[1], t[9])}),
               steps=StepInfo(1, 40, 80),
@@ -254,16 +295,23 @@ def html(data: bytes) -> None:
                                 items=[DataItem(file=t[10] + ".png", caption=t[8], error=t[7])])])
     findings = [Finding("data.corrupt_image", "critical", t[6], 7, [7, 9], [t[7], t[8]],
                         [Cause("config.small_batch", 0.5, t[9])], {"lr_scheduler": t[4]},
-                        [t[10] + ".png", t[1]])]
+                        [t[10] + ".png", t[1]], extra={"change_points": [31]})]
     doc = _report(t)
     page = render_html(Analysis(run, findings, {}, [t[11], "tb"]), doc)
     index = scratch() / "html" / "index.html"
-    write_index([doc, _report(t[::-1])], [str(index.parent / "r.html"), None], index,
-                [{"path": t[3], "error": t[2]}], [])
+    other = _report(t[::-1])
+    other["verdict"] = "healthy"
+    other["run"]["config"]["lr_scheduler"] = t[2]
+    write_index([doc, other], [str(index.parent / "r.html"), None], index,
+                [{"path": t[3], "error": t[2]}], [], curves=[sweep_curve(run), sweep_curve(run)])
     for where, text in (("report page", page), ("index page", index.read_text(encoding="utf-8"))):
         _no_raw_controls(text, where)
-        assert text.count("<script") == 1, f"{where}: a second script"
-        assert not re.search(r"<[a-zA-Z][^>]*\son[a-z]+\s*=", text), f"{where}: an event handler"
+        _page_scripts(text, where)
+        # outside quoted attribute values (where data is escaped: no quote can end them),
+        # no tag carries an on...= attribute; and none does for an HTML parser either
+        unquoted = re.sub(r'"[^"]*"', '""', text)
+        assert not re.search(r"<[a-zA-Z][^>]*\son[a-z]+\s*=", unquoted), f"{where}: an event handler"
+        assert not _handlers(text), f"{where}: an event handler {_handlers(text)[:3]}"
         for href in re.findall(r'href="([^"]*)"', text):
             assert href.startswith("./") and ":" not in href, f"{where}: link {href!r}"
 

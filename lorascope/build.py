@@ -179,25 +179,32 @@ def role_of(tag: str) -> str:
     return "other"
 
 
-def _merge_raw(raws: list[RawSeries]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Concatenate one tag's points from several files; later files win on overlap."""
+def _merge_raw(raws: list[RawSeries]) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray, np.ndarray]:
+    """Concatenate one tag's points from several files; later files win on overlap.
+    Also each kept point's wall time (NaN where unknown) and file (an index into the
+    sorted sources)."""
     def start(r: RawSeries) -> float:
         if r.wall_times is not None and len(r.wall_times):
             return float(r.wall_times[0])
         return 0.0
     raws = sorted(raws, key=start)
+    srcs = sorted({r.source for r in raws})
     steps = np.concatenate([r.steps.astype(np.int64) for r in raws]) if raws else np.zeros(0, np.int64)
     vals = np.concatenate([r.values.astype(np.float64) for r in raws]) if raws else np.zeros(0)
     if len(steps) == 0:
-        return steps, vals, []
+        return steps, vals, [], np.zeros(0), np.zeros(0, np.int32)
+    walls = np.concatenate([r.wall_times.astype(np.float64)
+                            if r.wall_times is not None and len(r.wall_times) == len(r.steps)
+                            else np.full(len(r.steps), np.nan) for r in raws])
+    origin = np.concatenate([np.full(len(r.steps), srcs.index(r.source), np.int32) for r in raws])
     # keep the last occurrence of each step (a resumed run rewrites the tail)
     rev_steps = steps[::-1]
     _, idx = np.unique(rev_steps, return_index=True)
     keep = len(steps) - 1 - idx
     keep.sort()
-    steps, vals = steps[keep], vals[keep]
+    steps, vals, walls, origin = steps[keep], vals[keep], walls[keep], origin[keep]
     order = np.argsort(steps, kind="stable")
-    return steps[order], vals[order], sorted({r.source for r in raws})
+    return steps[order], vals[order], srcs, walls[order], origin[order]
 
 
 SOURCE_PREFERENCE = {"": 0, "trainer_state": 1, "trainer_log": 2, "text_log": 3}
@@ -249,7 +256,7 @@ def build_series(pieces: list[Parsed]) -> _Curves:
         kind, _, tag = key.rpartition(":")
         if kind == "text_log" and structured:
             continue
-        steps, vals, srcs = _merge_raw(raws)
+        steps, vals, srcs, walls, origin = _merge_raw(raws)
         if len(steps) == 0:
             continue
         name = tag
@@ -259,7 +266,8 @@ def build_series(pieces: list[Parsed]) -> _Curves:
         role = role_of(tag)
         if tag.lower() in RUNNING_AVERAGE_TAGS:
             role = "other"
-        series.append(Series(name=name, role=role, steps=steps, values=vals, sources=srcs))
+        series.append(Series(name=name, role=role, steps=steps, values=vals, sources=srcs,
+                             wall_times=walls, point_sources=origin))
     series = merge.drop_copies(series)        # near-linear: lorascope/merge.py
     running = False
     # only a running average logged: use it, and say so

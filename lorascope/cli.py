@@ -1,6 +1,7 @@
 """Command line: the only place that picks exit codes (CONTRACT §1)."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -42,35 +43,47 @@ def _debug() -> bool:
     return bool(os.environ.get("LORASCOPE_DEBUG") or os.environ.get("LORASCOPE_STRICT"))
 
 
-def _analyze_one(args: tuple) -> tuple[str, dict | None, str | None, str | None, str | None]:
-    """Worker: (run_dir, rules, html_target|None, progress, run id|None) ->
-    (run_dir, doc, html written, error, html error).
+@functools.lru_cache(maxsize=4)
+def _catalog(rules_file: Path | None) -> dict:
+    """The rule catalog, read once per process (a batch's workers inherit it)."""
+    from lorascope.rules.registry import load_catalog
+    return load_catalog(rules_file)
+
+
+def _analyze_one(args: tuple) -> tuple:
+    """Worker: (run_dir, rules, html_target|None, progress, run id|None[, jobs]) ->
+    (run_dir, doc, html written, error, html error, sweep curve).
 
     Whatever goes wrong inside one run's analysis (a parser or rule bug, a recursion or
     memory limit) becomes that run's error: the other runs of a batch are still reported.
-    A report that cannot be written is an html error beside the document."""
-    run_dir, rules_file, html_target, progress, run_id = args
+    A report that cannot be written is an html error beside the document.  The sweep
+    curve is the run's training loss, reduced, for the batch's index page (small: the
+    Run itself never leaves the worker)."""
+    run_dir, rules_file, html_target, progress, run_id = args[:5]
+    jobs = args[5] if len(args) > 5 else None
     from lorascope.analyze import NoSuchRun, analyze, report_document
     from lorascope.build import Unreadable
     from lorascope.rules.registry import CatalogError
     try:
-        a = analyze(run_dir, rules_file, progress=progress, run_id=run_id)
+        a = analyze(run_dir, catalog=_catalog(rules_file), progress=progress, run_id=run_id, jobs=jobs)
         doc = report_document(a)
     except (Unreadable, CatalogError, NoSuchRun) as e:
-        return run_dir, None, None, str(e), None
+        return run_dir, None, None, str(e), None, None
     except MemoryError:
-        return run_dir, None, None, f"{run_dir}: out of memory while analysing this run", None
+        return run_dir, None, None, f"{run_dir}: out of memory while analysing this run", None, None
     except RecursionError:
         if _debug():
             raise
-        return run_dir, None, None, f"{run_dir}: nested too deeply to analyse (recursion limit)", None
+        return run_dir, None, None, f"{run_dir}: nested too deeply to analyse (recursion limit)", None, None
     except Exception as e:  # never lose the batch for one run
         if _debug():
             raise
-        return run_dir, None, None, f"{run_dir}: internal error: {type(e).__name__}: {str(e)[:200]}", None
-    written = html_err = None
+        return (run_dir, None, None, f"{run_dir}: internal error: {type(e).__name__}: {str(e)[:200]}",
+                None, None)
+    written = html_err = curve = None
     if html_target is not None:
         try:
+            from lorascope.report.charts import sweep_curve
             from lorascope.report.html import write_html
             from lorascope.report.paths import ReportWriteError
         except ImportError:
@@ -78,6 +91,7 @@ def _analyze_one(args: tuple) -> tuple[str, dict | None, str | None, str | None,
         if write_html is not None:
             try:
                 written = str(write_html(a, doc, Path(html_target), [run_dir]))
+                curve = sweep_curve(a.run)
             except ReportWriteError as e:
                 html_err = str(e)
             except MemoryError:
@@ -86,7 +100,7 @@ def _analyze_one(args: tuple) -> tuple[str, dict | None, str | None, str | None,
                 if _debug():
                     raise
                 html_err = f"cannot write the report {html_target}: {type(e).__name__}: {str(e)[:200]}"
-    return run_dir, doc, written, None, html_err
+    return run_dir, doc, written, None, html_err, curve
 
 
 def _inside(target: Path, run_dir: Path) -> bool:
@@ -97,14 +111,71 @@ def _inside(target: Path, run_dir: Path) -> bool:
         return False
 
 
+PRELOAD = ("lorascope.analyze", "lorascope.signals", "lorascope.imagesim", "lorascope.report.html",
+           "lorascope.report.charts", "lorascope.report.sweep", "scipy.ndimage", "scipy.stats",
+           "ruptures", "yaml", "PIL.Image")
+
+
+def _preload(rules_file: Path | None = None) -> None:
+    """Import what analysing a run needs (every parser, trainer layout, rule and curve
+    module, and the libraries they import on first use: about a second) and read the
+    catalog, once: forked workers start with all of it, instead of each paying it on its
+    first run."""
+    import importlib
+    import pkgutil
+    for pkg in ("lorascope.ingest", "lorascope.trainers", "lorascope.curves", "lorascope.rules"):
+        try:
+            mod = importlib.import_module(pkg)
+            names = [f"{pkg}.{m.name}" for m in pkgutil.iter_modules(mod.__path__)]
+        except ImportError:
+            continue
+        for name in names:
+            try:
+                importlib.import_module(name)
+            except ImportError:
+                pass
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    try:
+        _catalog(rules_file)
+    except Exception:  # noqa: BLE001 - each run reports a broken catalog itself
+        pass
+
+
+def _pool_context():
+    """Fork where it is safe (Linux): workers start in milliseconds with the parent's
+    imports.  Elsewhere the platform's default, each worker preloading once."""
+    import multiprocessing as mp
+    if sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods():
+        return mp.get_context("fork")
+    return None
+
+
 def _run_pool(tasks: list[tuple], jobs: int) -> list[tuple]:
-    """Analyse in worker processes.  A worker that dies (killed for memory, a signal)
-    breaks the pool for every pending task: those are tried again one at a time, so
-    only the run that kills its worker is reported as lost."""
+    """Analyse in worker processes that start once and take run after run (each run on
+    one core: the batch is the parallelism).  A worker that dies (killed for memory, a
+    signal) breaks the pool for every pending task: those are tried again one at a time,
+    so only the run that kills its worker is reported as lost."""
     from concurrent.futures.process import BrokenProcessPool
+    ctx = _pool_context()
+    rules_file = tasks[0][1] if tasks else None
+    if ctx is not None:
+        _preload(rules_file)
+        init, initargs = None, ()
+    else:
+        init, initargs = _preload, (rules_file,)
+    tasks = [tuple(t[:5]) + (1,) for t in tasks]
+
+    def lost(i: int, e: Exception) -> tuple:
+        return (tasks[i][0], None, None, f"{tasks[i][0]}: internal error: "
+                f"{type(e).__name__}: {str(e)[:200]}", None, None)
     results: list[tuple | None] = [None] * len(tasks)
     retry = []
-    with ProcessPoolExecutor(max_workers=min(jobs, len(tasks))) as ex:
+    with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=ctx,
+                             initializer=init, initargs=initargs) as ex:
         futs = [ex.submit(_analyze_one, t) for t in tasks]
         for i, f in enumerate(futs):
             try:
@@ -112,18 +183,18 @@ def _run_pool(tasks: list[tuple], jobs: int) -> list[tuple]:
             except BrokenProcessPool:
                 retry.append(i)
             except Exception as e:
-                results[i] = (tasks[i][0], None, None, f"{tasks[i][0]}: internal error: "
-                              f"{type(e).__name__}: {str(e)[:200]}", None)
+                results[i] = lost(i, e)
     for i in retry:
         try:
-            with ProcessPoolExecutor(max_workers=1) as ex:
+            with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=init,
+                                     initargs=initargs) as ex:
                 results[i] = ex.submit(_analyze_one, tasks[i]).result()
         except BrokenProcessPool:
             results[i] = (tasks[i][0], None, None,
-                          f"{tasks[i][0]}: the process analysing this run died (killed, or out of memory)", None)
+                          f"{tasks[i][0]}: the process analysing this run died (killed, or out of memory)",
+                          None, None)
         except Exception as e:
-            results[i] = (tasks[i][0], None, None, f"{tasks[i][0]}: internal error: "
-                          f"{type(e).__name__}: {str(e)[:200]}", None)
+            results[i] = lost(i, e)
     return results  # type: ignore[return-value]
 
 
@@ -186,12 +257,12 @@ def _html_targets(run_dirs: tuple, html: str | None, several: bool) -> list[Path
                    "default: the latest).")
 def analyze(run_dirs, fmt, html, no_html, fail_on, rules_file, jobs, run_id):
     """Analyze one or more trainer output directories."""
-    from lorascope.rules.registry import CatalogError, load_catalog
+    from lorascope.rules.registry import CatalogError
     if html and no_html:
         _die("--html and --no-html exclude each other")
     if rules_file:
         try:
-            load_catalog(Path(rules_file))
+            _catalog(Path(rules_file))
         except CatalogError as e:
             _die(str(e))
     several = len(run_dirs) > 1
@@ -205,8 +276,8 @@ def analyze(run_dirs, fmt, html, no_html, fail_on, rules_file, jobs, run_id):
         results = [_analyze_one(t) for t in tasks]
 
     exit_code = EXIT_OK
-    docs, htmls, errors = [], [], []
-    for run_dir, doc, written, err, html_err in results:
+    docs, htmls, errors, curves = [], [], [], []
+    for run_dir, doc, written, err, html_err, curve in results:
         if html_err:
             _err(html_err)
             exit_code = EXIT_USAGE
@@ -217,13 +288,14 @@ def analyze(run_dirs, fmt, html, no_html, fail_on, rules_file, jobs, run_id):
             continue
         docs.append(doc)
         htmls.append(written)
+        curves.append(curve)
     if several and not no_html and len(docs) + len(errors) > 1:
         try:
             from lorascope.report.html import write_index
             from lorascope.report.paths import ReportWriteError
             index = Path(html if html is not None else "lorascope-report") / "index.html"
             try:
-                write_index(docs, htmls, index, errors, list(run_dirs))
+                write_index(docs, htmls, index, errors, list(run_dirs), curves=curves)
                 if fmt == "text":
                     _err(f"index: {index}")
             except ReportWriteError as e:
@@ -233,9 +305,11 @@ def analyze(run_dirs, fmt, html, no_html, fail_on, rules_file, jobs, run_id):
             pass
     if fmt == "json":
         if several:
+            from lorascope.report.sweep import comparison
             batch = {"schema": "lorascope.batch/1", "reports": docs}
             if errors:
                 batch["errors"] = errors
+            batch["comparison"] = comparison(docs)
             click.echo(_dump(batch))
         elif docs:
             click.echo(_dump(docs[0]))

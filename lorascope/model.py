@@ -83,9 +83,18 @@ class Series:
     steps: np.ndarray              # int64, sorted ascending, unique
     values: np.ndarray             # float64
     sources: tuple[str, ...] = ()
+    # per point, when known (the Python API's tidy frame): seconds since the epoch (NaN
+    # where the file has none), and the index into ``sources`` of the file it came from.
+    # Dropped (None) when a copy changes the points without them.
+    wall_times: np.ndarray | None = field(default=None, repr=False, compare=False)
+    point_sources: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sources", tuple(self.sources))
+        for name in ("wall_times", "point_sources"):
+            v = getattr(self, name)
+            if v is not None and len(v) != len(self.steps):
+                object.__setattr__(self, name, None)
 
     @property
     def nonfinite(self) -> int:

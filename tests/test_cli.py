@@ -157,3 +157,24 @@ def test_rules_command_lists_every_contract_id():
     assert r.returncode == 0
     ids = {x["id"] for x in json.loads(r.stdout)["rules"]}
     assert "loss.spike" in ids and "run.incomplete" in ids
+
+
+def _pid_of_worker(args):
+    """Stands in for the per-run work: says which process took the run."""
+    import os
+    return args[0], None, None, str(os.getpid()), None, None
+
+
+def test_jobs_workers_start_once_and_take_many_runs(monkeypatch):
+    """`--jobs 2` over eight runs: two worker processes, each analysing several runs
+    (not a process per run), and the results come back in the runs' order."""
+    import os
+
+    from lorascope import cli
+    monkeypatch.setattr(cli, "_analyze_one", _pid_of_worker)
+    tasks = [(f"run{i}", None, None, False, None) for i in range(8)]
+    results = cli._run_pool(tasks, 2)
+    assert [r[0] for r in results] == [f"run{i}" for i in range(8)]
+    pids = [r[3] for r in results]
+    assert str(os.getpid()) not in pids
+    assert 1 <= len(set(pids)) <= 2 and len(set(pids)) < len(pids)

@@ -27,6 +27,11 @@ def test_wheel_carries_catalog_and_templates(wheel):
     assert "lorascope/_data/rules/loss.toml" in names
     assert "lorascope/_data/reports/templates/report.html.j2" in names
     assert "lorascope/cli.py" in names
+    # the charting library the pages inline, with its licence; the page's own scripts
+    for f in ("uPlot.iife.min.js", "uPlot.min.css", "LICENSE", "SOURCE.md"):
+        assert f"lorascope/_vendor/uplot/{f}" in names, f
+    for f in ("charts.js", "tables.js", "filters.js"):
+        assert f"lorascope/_data/reports/templates/{f}" in names, f
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "lorascope = lorascope.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
 
@@ -48,4 +53,5 @@ def test_installed_wheel_analyzes_and_writes_html(wheel, tmp_path):
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert any(f["rule"] == "run.incomplete" for f in doc["findings"])
-    assert "<svg" in (tmp_path / "r.html").read_text()
+    page = (tmp_path / "r.html").read_text()
+    assert "<svg" in page and "https://github.com/leeoniya/uPlot (v1.6.32)" in page

@@ -1,8 +1,17 @@
-"""The self-contained HTML post-mortem (Jinja2, autoescaped, charts inlined)."""
+"""The self-contained HTML post-mortem and the sweep index (Jinja2, autoescaped).
+
+Charts are interactive (uPlot, vendored in ``lorascope/_vendor/uplot``): the library and
+the page's own code are one inline script that the page's Content-Security-Policy
+allows by its SHA-256 hash (nothing else runs, nothing is fetched); the chart data is a
+JSON block (``<script type="application/json">``, never executed) escaped so no string
+from the data can end it (see :func:`lorascope.report.charts.page_json`).  Without
+JavaScript the verdict, the findings and the fix are plain HTML, and the loss chart is
+a static SVG."""
 from __future__ import annotations
 
 import base64
 import datetime as _dt
+import functools
 import hashlib
 import io
 from pathlib import Path
@@ -31,20 +40,38 @@ def _visible_value(v):
     return visible(v)
 
 
+@functools.lru_cache(maxsize=1)
 def _env() -> Environment:
+    """One environment per process: templates compile once, not once per report."""
     return Environment(loader=FileSystemLoader(str(data_dir("reports/templates"))),
                        autoescape=select_autoescape(["html", "j2"], default=True),
                        trim_blocks=True, lstrip_blocks=True, finalize=_visible_value)
 
 
+VENDOR = Path(__file__).resolve().parent.parent / "_vendor" / "uplot"
+
+
+@functools.lru_cache(maxsize=8)
 def _script(*names: str) -> tuple[Markup, str]:
-    """The page's own JavaScript (files beside the templates) and its CSP source: the
-    pages allow exactly this script by hash, so no inline handler and no ``javascript:``
-    link can run, whatever a string from the data managed to become."""
+    """The page's own JavaScript and its CSP source: uPlot (``uplot``) and files beside
+    the templates, as one script.  The pages allow exactly this script by hash, so no
+    inline handler and no ``javascript:`` link can run, whatever a string from the data
+    managed to become.  Computed once per process."""
     folder = data_dir("reports/templates")
-    js = "\n".join((folder / n).read_text(encoding="utf-8") for n in names)
+    parts = []
+    for n in names:
+        path = VENDOR / "uPlot.iife.min.js" if n == "uplot" else folder / n
+        parts.append(path.read_text(encoding="utf-8"))
+    js = "\n".join(parts)
+    if "</script" in js.lower() or "<!--" in js:
+        raise ValueError("a page script may not hold </script or <!--")
     digest = base64.b64encode(hashlib.sha256(js.encode("utf-8")).digest()).decode()
     return Markup(js), f"sha256-{digest}"
+
+
+@functools.lru_cache(maxsize=1)
+def _chart_css() -> Markup:
+    return Markup((VENDOR / "uPlot.min.css").read_text(encoding="utf-8"))
 
 
 def _fmt(v) -> str:
@@ -173,15 +200,20 @@ def fix_diff(run, fix: dict) -> list[dict]:
 
 def render_html(a, doc: dict) -> str:
     run, findings = a.run, a.findings
-    timeline = charts.timeline_svg(run, findings)
-    norms = charts.norms_svg(run)
+    timeline = charts.timeline(run, findings)
+    norms = charts.norms(run)
+    static = charts.static_svg(timeline)
+    groups = [g for g in (timeline, norms) if g]
     ctx = {
         "doc": doc,
         "run": doc["run"],
         "verdict": doc["verdict"],
         "story": story(run, findings, doc["verdict"]),
-        "timeline": Markup(timeline) if timeline else None,
-        "norms": Markup(norms) if norms else None,
+        "timeline": timeline,
+        "static_chart": Markup(static) if static else None,
+        "norms": norms,
+        "chart_json": Markup(charts.page_json({"groups": groups})),
+        "chart_css": _chart_css(),
         "findings": [dict(f.to_json(), diff=fix_diff(run, f.fix), idx=i)
                      for i, f in enumerate(findings)],
         "images": flagged_images(run, findings),
@@ -191,7 +223,7 @@ def render_html(a, doc: dict) -> str:
         "generated": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "rule_errors": a.rule_errors[::2],
     }
-    ctx["script"], ctx["script_hash"] = _script("filters.js", "sortable.js")
+    ctx["script"], ctx["script_hash"] = _script("uplot", "charts.js", "filters.js", "tables.js")
     return _env().get_template("report.html.j2").render(**ctx)
 
 
@@ -214,20 +246,86 @@ def _href(report: str | None, index: Path) -> str | None:
     return "./" + quote(p.name, safe="")
 
 
+def _cell(v) -> dict:
+    """A settings-table cell: the text shown and the value it sorts by."""
+    if v is None:
+        return {"text": "—", "sort": ""}
+    if isinstance(v, bool):
+        return {"text": str(v).lower(), "sort": str(v).lower()}
+    if isinstance(v, (int, float)):
+        return {"text": f"{v:.4g}" if isinstance(v, float) else str(v), "sort": repr(v)}
+    if isinstance(v, (list, dict)):
+        text = ", ".join(map(str, v)) if isinstance(v, list) else str(v)
+        return {"text": text[:120], "sort": text[:120]}
+    return {"text": str(v)[:120], "sort": str(v)[:120]}
+
+
+def _colors(verdicts: list[str]) -> list[str]:
+    """One colour per run: reds for failed runs, ambers for warnings, blues for healthy
+    ones, each family spread over its runs."""
+    base = {"failed": (350, 365), "warning": (36, 50), "healthy": (195, 235)}
+    seen: dict[str, int] = {}
+    total = {v: verdicts.count(v) for v in set(verdicts)}
+    out = []
+    for v in verdicts:
+        lo, hi = base.get(v, (260, 280))
+        k = seen.get(v, 0)
+        seen[v] = k + 1
+        f = k / max(1, total[v] - 1)
+        hue = (lo + (hi - lo) * f) % 360
+        light = 38 + 18 * ((k * 7) % 5) / 4
+        out.append(_hsl_hex(hue, 0.7 if v != "healthy" else 0.45, light / 100))
+    return out
+
+
+def _hsl_hex(h: float, s: float, l: float) -> str:
+    import colorsys
+    r, g, b = colorsys.hls_to_rgb(h / 360, l, s)
+    return "#%02x%02x%02x" % (round(r * 255), round(g * 255), round(b * 255))
+
+
 def write_index(docs: list[dict], htmls: list[str | None], target: Path,
-                errors: list[dict] = (), run_dirs: list | None = None) -> Path:
+                errors: list[dict] = (), run_dirs: list | None = None,
+                curves: list[dict | None] | None = None) -> Path:
+    """The sweep index: runs ranked (failures first), their training losses on one
+    chart (``curves``: :func:`lorascope.report.charts.sweep_curve` per document, or
+    None), the settings that differ with the failed runs' telling values marked (see
+    :mod:`lorascope.report.sweep`), every table sortable and filterable."""
+    from lorascope.report import sweep
     target = Path(target)
-    rows = []
-    for d, h in zip(docs, htmls):
-        top = d["findings"][0] if d["findings"] else None
-        rows.append({"path": d["run"]["path"], "trainer": d["run"]["trainer"], "verdict": d["verdict"],
-                     "steps": d["run"]["steps"], "n": len(d["findings"]),
-                     "top": top, "href": _href(h, target),
-                     "counts": {s: sum(1 for f in d["findings"] if f["severity"] == s)
-                                for s in ("critical", "warning", "info")}})
-    script, script_hash = _script("sortable.js")
+    comp = sweep.comparison(docs)
+    curves = list(curves) if curves is not None else [None] * len(docs)
+    colors = _colors([r["verdict"] for r in comp["runs"]])
+    names = sweep.display_names([r["path"] for r in comp["runs"]])
+    rows, series = [], []
+    for r, color, name in zip(comp["runs"], colors, names):
+        d = docs[r["report"]]
+        rows.append({"rank": r["rank"], "path": d["run"]["path"], "name": name, "trainer": d["run"]["trainer"],
+                     "verdict": r["verdict"], "verdict_rank": sweep.VERDICT_RANK.get(r["verdict"], 3),
+                     "steps": d["run"]["steps"], "top": r["top"], "href": _href(htmls[r["report"]], target),
+                     "counts": {s: r[s] for s in sweep.SEVERITIES}, "color": color,
+                     "settings": [dict(_cell(r["settings"][k]), marked=k in r["marked"]) for k in comp["keys"]]})
+        c = curves[r["report"]] if r["report"] < len(curves) else None
+        if c:
+            series.append(dict(c, label=charts.label(f"#{r['rank']} {name}"), color=color,
+                               verdict=r["verdict"], width=1.6 if r["verdict"] == "failed" else 1.0))
+    groups = []
+    if series:
+        ys = [y for s in series for y in s["y"] if y is not None]
+        log = bool(ys) and min(ys) > 0 and max(ys) / max(min(ys), 1e-12) > 8
+        # runs of very different lengths or loss levels: open on the normalised view
+        lasts = [s["last"] for s in series if s.get("last")]
+        spans = [s["hi"] - s["lo"] for s in series if s.get("hi") is not None]
+        pct = bool(lasts) and max(lasts) > 4 * min(lasts)
+        norm = bool(spans) and max(spans) > 10 * min(spans)
+        groups.append({"charts": [{"id": "sweep", "ylabel": "train loss", "height": 380, "sweep": True,
+                                   "series": series, "log": log and not norm, "pct": pct, "norm": norm}]})
+    script, script_hash = _script("uplot", "charts.js", "tables.js")
     html = _env().get_template("index.html.j2").render(
-        rows=rows, errors=list(errors), version=__version__, script=script, script_hash=script_hash,
+        rows=rows, keys=[{"key": k, "label": sweep.LABELS.get(k, k)} for k in comp["keys"]],
+        errors=list(errors), version=__version__, script=script, script_hash=script_hash,
+        chart_json=Markup(charts.page_json({"groups": groups})), chart_css=_chart_css(),
+        has_chart=bool(series),
         generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
     return write_report(target, html, list(run_dirs if run_dirs is not None
                                            else [d["run"]["path"] for d in docs]))

@@ -6,38 +6,35 @@ from pathlib import Path
 import numpy as np
 
 from lorascope import __version__
-from lorascope.report.charts import _mpl, _svg, reduce_points, safe_label
+from lorascope.report import charts
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "reports" / "templates"
 
 
 BANNER = {"fixed": "healthy", "not_fixed": "failed", "inconclusive": "warning"}
+STYLES = {"original": ("#888888", None), "baseline": ("#d62728", [6, 4]), "fixed": ("#2ca02c", None)}
 
 
-def overlay_svg(curves: list[tuple[str, object]], window: tuple[int, int],
-                onset: int | None, resume: int | None = None) -> str | None:
-    """curves: [(label, Series)]; shades the replayed window, marks the resume step
-    (the checkpoint the replays start from) and the symptom's onset."""
+def overlay(curves: list[tuple[str, object]], window: tuple[int, int],
+            onset: int | None, resume: int | None = None) -> dict | None:
+    """The chart data (see :mod:`lorascope.report.charts`): curves ``[(label, Series)]``;
+    the replayed window is the shaded band, the symptom's onset its red line, the resume
+    step (the checkpoint the replays start from) a checkpoint marker."""
     curves = [(lab, s) for lab, s in curves if s is not None and len(s.steps)]
     if not curves:
         return None
-    plt = _mpl()
-    fig, ax = plt.subplots(figsize=(8, 3.2))
-    styles = {"original": ("#888888", "-"), "baseline": ("#d62728", "--"), "fixed": ("#2ca02c", "-")}
+    series = []
     for lab, s in curves:
-        st, v = reduce_points(np.asarray(s.steps), np.asarray(s.values, dtype=float))
-        color, ls = styles.get(lab, ("#1f77b4", "-"))
-        ax.plot(st, np.where(np.isfinite(v), v, np.nan), ls, color=color, lw=1.2,
-                label=safe_label(lab))
-    ax.axvspan(window[0], window[1], color="#1f77b4", alpha=0.06, lw=0)
-    if resume is not None:
-        ax.axvline(resume, color="#1f77b4", lw=1.0, ls="--", label=f"resume (step {resume})")
-    if onset is not None:
-        ax.axvline(onset, color="#d62728", lw=1.0, ls=":", label=f"symptom onset (step {onset})")
-    ax.set_xlabel("step")
-    ax.set_ylabel("train loss")
-    ax.legend(loc="best", frameon=False, fontsize=8)
-    return _svg(fig)
+        st, v = charts.reduce_points(np.asarray(s.steps), np.asarray(s.values, dtype=float))
+        color, dash = STYLES.get(lab, ("#1f77b4", None))
+        series.append({"label": charts.label(lab), "role": lab, "color": color, "dash": dash, "width": 1.4,
+                       "x": st.tolist(), "y": charts._ys(v)})
+    step = onset if onset is not None else window[0]
+    marks = {"diag": {"step": int(step), "from": int(window[0]), "to": int(window[1])},
+             "checkpoints": [int(resume)] if resume is not None else [], "change_points": [],
+             "epochs": [], "nonfinite": []}
+    return {"charts": [{"id": "rerun", "ylabel": "train loss", "xlabel": "step", "height": 300,
+                        "series": series, "log": False}], "markers": marks}
 
 
 def _after(series, start: int):
@@ -79,13 +76,20 @@ def write_rerun_html(doc: dict, original, baseline, fixed, target: Path,
     curves = [("original", original.run.primary("train_loss") if original else None),
               ("baseline", _after(baseline.run.primary("train_loss"), start) if baseline else None),
               ("fixed", _after(fixed.run.primary("train_loss"), start) if fixed else None)]
-    svg = overlay_svg(curves, tuple(doc["fixed"]["steps"]), doc["diagnosis"]["step"],
-                      resume=doc["resumed_from"]["step"])
+    from markupsafe import Markup
+
+    from lorascope.report.html import _chart_css, _script
+    chart = overlay(curves, tuple(doc["fixed"]["steps"]), doc["diagnosis"]["step"],
+                    resume=doc["resumed_from"]["step"])
+    static = charts.static_svg(chart)
+    script, script_hash = _script("uplot", "charts.js")
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)),
                              autoescape=jinja2.select_autoescape(["html", "j2"]))
     html = env.get_template("rerun.html.j2").render(
-        doc=doc, chart=svg, version=__version__, banner=BANNER.get(doc["verdict"], "warning"),
-        story=story(doc, reproduction), reproduction=list(reproduction))
+        doc=doc, chart=chart, static_chart=Markup(static) if static else None, version=__version__,
+        banner=BANNER.get(doc["verdict"], "warning"), story=story(doc, reproduction),
+        reproduction=list(reproduction), script=script, script_hash=script_hash, chart_css=_chart_css(),
+        chart_json=Markup(charts.page_json({"groups": [chart] if chart else []})))
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(html, encoding="utf-8")
