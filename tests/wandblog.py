@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -134,3 +135,43 @@ def reference_rows(path: Path) -> list[dict]:
                 row[it.key or ".".join(it.nested_key)] = json.loads(it.value_json)
             rows.append(row)
     return rows
+
+
+def wait_written(path: Path, timeout: float = 120.0) -> Path:
+    """Wait until wandb's service has written the whole run: `run.finish()` can return while
+    wandb-core is still appending records (seen under load: a reader then sees part of the
+    history). Complete means the `exit` record is there and the size has stopped changing."""
+    from wandb.proto import wandb_internal_pb2 as pb
+    end = time.monotonic() + timeout
+    size = -1
+    while time.monotonic() < end:
+        b = Path(path).read_bytes()
+        if len(b) == size and _has_exit(b, pb):
+            return Path(path)
+        size = len(b)
+        time.sleep(0.5)
+    raise AssertionError(f"wandb did not finish writing {path} in {timeout} s")
+
+
+def _has_exit(b: bytes, pb) -> bool:
+    i, cur = HDR, b""
+    while i + HDR <= len(b):
+        if BLOCK - i % BLOCK < HDR:
+            i += BLOCK - i % BLOCK
+            continue
+        _, n, t = struct.unpack_from("<IHB", b, i)
+        d = b[i + HDR:i + HDR + n]
+        i += HDR + n
+        if t == 2:
+            cur = d
+            continue
+        if t == 3:
+            cur += d
+            continue
+        data = d if t == 1 else cur + d
+        try:
+            if pb.Record.FromString(data).WhichOneof("record_type") == "exit":
+                return True
+        except Exception:
+            return False
+    return False

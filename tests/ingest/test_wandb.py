@@ -213,7 +213,7 @@ def test_offline_run_written_by_wandb(tmp_path, monkeypatch):
                 step=s * 3)
     run.finish()
     (f,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
-    rows = WL.reference_rows(f)
+    rows = WL.reference_rows(WL.wait_written(f))
     got = _series(W.parse(f, f.name))
     for key in ("train/loss", long_key, "weird"):
         exp = [(r["_step"], float(r[key])) for r in rows if key in r]
