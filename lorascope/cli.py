@@ -1,10 +1,8 @@
 """Command line: the only place that picks exit codes (CONTRACT §1)."""
 from __future__ import annotations
 
-import json
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import click
@@ -34,8 +32,9 @@ def _die(msg: str) -> None:
 
 
 def _dump(doc: dict) -> str:
+    from lorascope.report.dump import dumps     # json.dumps(indent=2)'s text, faster
     from lorascope.report.safe import json_safe
-    return _safe(json_safe(json.dumps(doc, indent=2, allow_nan=False, ensure_ascii=False)))
+    return _safe(json_safe(dumps(doc)))
 
 
 def _debug() -> bool:
@@ -101,6 +100,7 @@ def _run_pool(tasks: list[tuple], jobs: int) -> list[tuple]:
     """Analyse in worker processes.  A worker that dies (killed for memory, a signal)
     breaks the pool for every pending task: those are tried again one at a time, so
     only the run that kills its worker is reported as lost."""
+    from concurrent.futures import ProcessPoolExecutor      # here: `inspect` needs none of it
     from concurrent.futures.process import BrokenProcessPool
     results: list[tuple | None] = [None] * len(tasks)
     retry = []
