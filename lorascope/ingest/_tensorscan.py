@@ -286,11 +286,14 @@ def _magnitude_bits(hi_unsigned, hi_signed, sign: int):
 
 
 def _bits_to_float(dtype: str, bits: np.ndarray) -> np.ndarray:
-    if dtype == "BF16":
-        return (bits.astype(np.uint32) << 16).view(np.float32)
-    if dtype == "F16":
-        return bits.astype(np.uint16).view(np.float16).astype(np.float32)
-    return bits.astype(np.uint32).view(np.float32)
+    """float64 values of magnitude bit patterns (a signalling NaN pattern widens without
+    numpy's "invalid value" warning: such a tensor is cleaned afterwards)."""
+    with np.errstate(invalid="ignore"):
+        if dtype == "BF16":
+            return (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+        if dtype == "F16":
+            return bits.astype(np.uint16).view(np.float16).astype(np.float64)
+        return bits.astype(np.uint32).view(np.float32).astype(np.float64)
 
 
 def _sums(x: np.ndarray, axis: int, rank: int) -> tuple[float, float, np.ndarray | None]:
@@ -313,12 +316,12 @@ def _sums(x: np.ndarray, axis: int, rank: int) -> tuple[float, float, np.ndarray
 class Scanner:
     """Scans tasks of one table; one per thread.  Reads with ``preadv`` from ``fd``."""
 
-    def __init__(self, fd: int, tab: Table, elements: int):
+    def __init__(self, fd: int, tab: Table, elements: int, itemsize: int = 8):
         self.fd, self.tab = fd, tab
         size = max(elements, 4096)             # a column block of a down weight holds >= rank
         self.buf = _aligned(size * 4).view(np.float32)
-        self.io = _aligned(size * 8 + 64)
-        self.ones = np.ones(size, np.float32)
+        self.io = _aligned(size * itemsize + 64)
+        self.ones = np.ones(min(size, BATCH), np.float32)
 
     def read(self, offset: int, count: int, dtype: np.dtype) -> np.ndarray:
         """``count`` values of ``dtype`` from ``offset``, in the read buffer at
@@ -440,7 +443,8 @@ class Scanner:
         np.abs(val, out=val)
         ones = self.ones
         for rr, p0, step, axis, rank, k, length in runs:
-            tab.abs_sum[rr] = np.matmul(_view(val, p0, (k, length), (step, 1)), ones[:length])
+            x = _view(val, p0, (k, length), (step, 1))
+            tab.abs_sum[rr] = np.matmul(x, ones[:length]) if length <= len(ones) else x.sum(axis=1)
         if len(grams) == 2 and not tab.mids:
             # the common case: a run of down weights and a run of their up weights
             (r1, g1), (r2, g2) = grams
@@ -708,13 +712,19 @@ def _cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _elements(tab: Table, tasks: list[tuple[int, np.ndarray]]) -> int:
-    """Buffer size (elements) the largest span needs."""
-    most = BATCH
+def _buffers(tab: Table, tasks: list[tuple[int, np.ndarray]]) -> tuple[int, int]:
+    """(elements, bytes per element) of the buffers the largest task needs: a span, a
+    tensor scanned whole, or a block (of 8-byte values for F64 and 64-bit integers)."""
+    most, isz = BATCH, 4
     for kind, rows in tasks:
-        if kind and len(rows) == 1:
-            most = max(most, int(tab.numel[rows[0]]))
-    return most
+        if len(rows) == 1:
+            r = int(rows[0])
+            if kind:
+                most = max(most, int(tab.numel[r]))
+            else:
+                dt = tab.dtypes[r]
+                isz = max(isz, FAST[dt][0].itemsize if dt in FAST else np.dtype(NUMPY_DTYPES[dt]).itemsize)
+    return most, isz
 
 
 def scan_table(path: str | os.PathLike, tab: Table, workers: int | None = None) -> None:
@@ -730,16 +740,16 @@ def scan_table(path: str | os.PathLike, tab: Table, workers: int | None = None) 
         if not tasks:
             return
         with _blas_single_thread():
-            size = _elements(tab, tasks)
+            size = _buffers(tab, tasks)
             if n > 1 and nbytes >= PARALLEL_MIN_BYTES:
                 _scan_threads(f.fileno(), tab, tasks, n, size)
             else:
-                sc = Scanner(f.fileno(), tab, size)
+                sc = Scanner(f.fileno(), tab, *size)
                 for task in tasks:
                     sc.task(task)
 
 
-def _scan_threads(fd: int, tab: Table, tasks: list, n: int, size: int) -> None:
+def _scan_threads(fd: int, tab: Table, tasks: list, n: int, size: tuple[int, int]) -> None:
     """n threads (this one included) take tasks in file order from one counter.  The
     first error stops them all and is raised here; a thread that cannot be started
     leaves its share to the others."""
@@ -748,7 +758,7 @@ def _scan_threads(fd: int, tab: Table, tasks: list, n: int, size: int) -> None:
 
     def work() -> None:
         try:
-            sc = Scanner(fd, tab, size)
+            sc = Scanner(fd, tab, *size)
             while not errors:
                 k = next(counter)
                 if k >= len(tasks):

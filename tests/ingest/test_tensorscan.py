@@ -304,3 +304,23 @@ def test_statistics_are_python_floats(tmp_path):
         s = j.acc.stat(j.t)
         assert all(type(v) is float for v in (s.abs_max, s.norm, s.mean_abs)), s
         assert type(s.nonfinite) is int and type(s.zero) is bool
+
+
+@pytest.mark.parametrize("dtype,nan_bits", [("BF16", 0x7F81), ("F16", 0x7C01), ("F32", 0x7F800001)])
+def test_signalling_nan_patterns_count_as_non_finite_without_a_warning(tmp_path, dtype, nan_bits):
+    # a broken adapter's NaNs need not be quiet ones; numpy warns when it widens those,
+    # and a warning on stderr is not what `lorascope inspect` prints
+    rng = np.random.default_rng(3)
+    raw, _ = stored(dtype, rng.standard_normal(64) * 0.1)
+    width = 4 if dtype == "F32" else 2
+    bits = np.frombuffer(raw, f"<u{width}").copy()
+    bits[[5, 40]] = nan_bits
+    bits[41] = nan_bits | (1 << (8 * width - 1))          # a negative one too
+    infos = write(tmp_path / "a.safetensors", [("w", dtype, (4, 16), bits.tobytes())])
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        [job] = scan_file(tmp_path / "a.safetensors", infos, [(1, 4)])
+    s = job.acc.stat(job.t)
+    assert s.nonfinite == 3
+    assert np.isfinite(s.abs_max) and np.isfinite(s.norm)
