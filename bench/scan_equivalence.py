@@ -50,12 +50,17 @@ def dump(files: list[Path]) -> dict:
     return out
 
 
+WORST = [0.0]          # the largest relative difference of two floats compared
+
+
 def _same(a, b, rel: float, abs_: float) -> bool:
     if isinstance(a, float) or isinstance(b, float):
         if a is None or b is None or isinstance(a, bool) or isinstance(b, bool):
             return a is b
         if math.isnan(a) or math.isnan(b):
             return math.isnan(a) and math.isnan(b)
+        if a != b and abs(a - b) > abs_:
+            WORST[0] = max(WORST[0], abs(a - b) / max(abs(a), abs(b)))
         return a == b or abs(a - b) <= max(rel * max(abs(a), abs(b)), abs_)
     if isinstance(a, list) and isinstance(b, list):
         return len(a) == len(b) and all(_same(x, y, rel, abs_) for x, y in zip(a, b))
@@ -91,7 +96,8 @@ def compare(old: dict, new: dict, rel: float, abs_: float) -> int:
     n_t = sum(len(v["tensors"]) for v in old.values())
     n_m = sum(len(v["modules"]) for v in old.values())
     print(f"{len(old)} files, {n_t} tensors, {n_m} modules, {values} values compared: "
-          f"{diffs} difference(s) beyond {rel:g} relative")
+          f"{diffs} difference(s) beyond {rel:g} relative; largest relative difference "
+          f"{WORST[0]:.3g}")
     return 1 if diffs else 0
 
 
