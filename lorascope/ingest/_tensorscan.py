@@ -613,19 +613,21 @@ def _runs(tab: Table, rows: np.ndarray, s: np.ndarray, n_el: np.ndarray):
         return
     key = (axis.astype(np.int64) + 1) << 58 | rank << 40 | n_el
     n = len(rows)
-    if n % 2 == 0 and key[0] != key[1]:
-        # the common case: a layer's down and up weight, the next layer's, ... all of
-        # one shape and at one distance: two runs
-        if n == 2:
+    # the common case: a layer's p tensors (down and up weight; in an F32 file its alpha
+    # too), the next layer's, ... all of one shape and at one distance: p runs
+    first = key[:3].tolist()
+    p = 2 if first[0] != first[1] and (n < 3 or first[2] in first[:2]) else 3
+    if n % p == 0 and len(set(first[:p])) == p:
+        if n == p:
             step = 0
         else:
-            d = s[2:] - s[:-2]
+            d = s[p:] - s[:-p]
             step = int(d[0])
-            if not ((key[2:] == key[:-2]).all() and (d == step).all()):
+            if not ((key[p:] == key[:-p]).all() and (d == step).all()):
                 step = -1
         if step >= 0:
-            for j in (0, 1):
-                yield (rows[j::2], int(s[j]), step, int(axis[j]), int(rank[j]), n // 2,
+            for j in range(p):
+                yield (rows[j::p], int(s[j]), step, int(axis[j]), int(rank[j]), n // p,
                        int(n_el[j]))
             return
     order = np.argsort(key, kind="stable")

@@ -324,3 +324,34 @@ def test_signalling_nan_patterns_count_as_non_finite_without_a_warning(tmp_path,
     s = job.acc.stat(job.t)
     assert s.nonfinite == 3
     assert np.isfinite(s.abs_max) and np.isfinite(s.norm)
+
+
+@pytest.mark.parametrize("layers", [1, 2, 5])
+def test_kohya_f32_layers_with_their_alphas_in_one_span(tmp_path, layers):
+    # an F32 kohya file: alpha, down, up of each layer side by side, all read as one span
+    # (the alphas are F32 scalars there, so they share the span with the weights)
+    rng = np.random.default_rng(7)
+    tensors, refs, axes, exact = [], [], [], []
+    for i in range(layers):
+        down, up = (stored("F32", rng.standard_normal(sh) * 0.1)[1].reshape(sh)
+                    for sh in ((4, 24), (20, 4)))
+        tensors += [(f"l{i}.alpha", "F32", (), stored("F32", np.array(2.0 + i))[0]),
+                    (f"l{i}.lora_down.weight", "F32", down.shape, stored("F32", down)[0]),
+                    (f"l{i}.lora_up.weight", "F32", up.shape, stored("F32", up)[0])]
+        axes += [(None, 0), (1, 4), (0, 4)]
+        refs += [reference(np.array([2.0 + i]), None, 0), reference(down, 1, 4), reference(up, 0, 4)]
+        exact.append(float(((up @ down) ** 2).sum()))
+    f = tmp_path / "k.safetensors"
+    infos = write(f, tensors)
+    assert len(ts.plan(ts.Table(infos))) == 1
+    jobs = [ts.Job(t, ax, r) for t, (ax, r) in zip(infos, axes)]
+    for i in range(layers):
+        ts.pair(jobs[3 * i + 1], jobs[3 * i + 2])
+    ts.scan(f, jobs)
+    for i, (job, ref) in enumerate(zip(jobs, refs)):
+        s = job.acc.stat(job.t)
+        assert s.abs_max == ref["abs_max"] and s.nonfinite == 0
+        assert s.norm == pytest.approx(ref["norm"], rel=1e-5)
+        assert s.mean_abs == pytest.approx(ref["mean_abs"], rel=1e-5)
+    for i in range(layers):
+        assert jobs[3 * i + 1].cross == jobs[3 * i + 2].cross == pytest.approx(exact[i], rel=1e-5)
