@@ -4,9 +4,9 @@ The file is an 8-byte little-endian header length, a JSON header
 ``{"__metadata__": {str: str}, name: {"dtype", "shape", "data_offsets": [begin, end]}}``
 and the tensor bytes.  We read the header ourselves so that every number in it is
 bound-checked before it sizes anything (a hostile or truncated file becomes a problem
-string, never an exception or a large allocation), then compute statistics through a
-read-only memory map without torch (:mod:`lorascope.ingest._tensorscan`: batched, from
-the raw bits, one pass):
+string, never an exception or a large allocation), then compute statistics from the
+bytes read with ``preadv``, without torch (:mod:`lorascope.ingest._tensorscan`: batched,
+from the raw bits, one pass, in threads):
 
 * per tensor (:class:`TensorStat`): non-finite count, all-zero, abs max, Frobenius norm
   and mean |w| over the finite elements;
