@@ -14,6 +14,10 @@ then timed, each measure ``--repeat`` times, best and spread:
   what a user waits for, Python's start and the imports included;
 * **start-up**: the same command on a one-layer file.
 
+``--baseline DIR`` also times the in-process scan and the CLI of the lorascope checkout in
+DIR (for instance ``git archive main | tar -x -C DIR``) on the same warm file, each run
+alternating with this checkout's, so both see the same machine load.
+
 Rates are in GB/s (1e9 bytes).  CPU seconds (user + sys, the process and its threads)
 and the load average are printed beside: on a shared machine they tell how much of a
 slow run was someone else's.
@@ -22,7 +26,7 @@ slow run was someone else's.
 on a file of mixed widths (640-5120), as before issue 18.
 
 Usage: python bench/bench_ckpt.py [matrix] [--ranks 4,16,64,256] [--dtypes f16,bf16,f32]
-           [--size-gb 1.0737] [--repeat 3] [--dir DIR]
+           [--size-gb 1.0737] [--repeat 3] [--dir DIR] [--baseline CHECKOUT] [--json OUT]
        python bench/bench_ckpt.py torch [--size-gb 1.0] [--dtype bf16|f16] [--rank 64]
            [--repeat 3] [--methods lorascope,lorascope1,torch,torch1]
 """
@@ -43,7 +47,8 @@ import numpy as np
 DIMS = (640, 1280, 2048, 5120)
 RANK = 64                                   # --rank changes it
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))               # this checkout's lorascope, not an installed one
+# this checkout's lorascope, not an installed one (a --baseline worker: that checkout's)
+sys.path.insert(0, os.environ.get("BENCH_LORASCOPE_ROOT") or str(ROOT))
 WIDTH = 3072                                # the matrix files' projection width
 
 
@@ -178,13 +183,15 @@ def _cpu() -> float:
 
 def worker(method: str, path: str) -> None:
     if method.startswith("lorascope"):
+        import importlib
         import lorascope.ingest._tensorscan as ts
-        import lorascope.ingest.safetensors  # noqa: F401  (imports before the baseline)
+        importlib.import_module("lorascope.ingest.safetensors")   # imports before the baseline
         if method == "lorascope1":
             ts.SCAN_WORKERS = 1              # one thread: what the scan threads add
     else:
+        import importlib
         import torch
-        import safetensors.torch  # noqa: F401
+        importlib.import_module("safetensors.torch")
         if method == "torch1":
             torch.set_num_threads(1)
     rss0 = _hwm_mb()
@@ -197,9 +204,10 @@ def worker(method: str, path: str) -> None:
     print(json.dumps(out))
 
 
-def run_method(method: str, path: Path) -> dict:
+def run_method(method: str, path: Path, root: Path | None = None) -> dict:
+    env = dict(os.environ, BENCH_LORASCOPE_ROOT=str(root)) if root else None
     r = subprocess.run([sys.executable, __file__, "--worker", method, str(path)],
-                       capture_output=True, text=True, timeout=1800, cwd=ROOT)
+                       capture_output=True, text=True, timeout=1800, cwd=ROOT, env=env)
     if r.returncode != 0:
         raise SystemExit(f"{method} failed:\n{r.stderr[-2000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -217,8 +225,8 @@ def _timed(cmd: list[str], **kw) -> tuple[float, float]:
     return wall, (c1.children_user + c1.children_system) - (c0.children_user + c0.children_system)
 
 
-def _env() -> dict:
-    return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+def _env(root: Path = ROOT) -> dict:
+    return dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
 def _best(runs: list[tuple[float, float]]) -> dict:
@@ -242,8 +250,13 @@ def work_inprocess(path: str) -> dict:
             "problems": ck.problems}
 
 
+def _rate(gb: float, r: dict) -> str:
+    return f"{gb / r['wall']:.2f} GB/s ({r['wall']:.3f} s; runs {', '.join(f'{x:.3f}' for x in r['all'])})"
+
+
 def matrix(a) -> None:
     env = _env()
+    base_env = _env(a.baseline) if a.baseline else None
     rows = []
     with tempfile.TemporaryDirectory(dir=a.dir) as td:
         tiny = Path(td) / "tiny.safetensors"
@@ -263,10 +276,18 @@ def matrix(a) -> None:
                 warm(path)
                 load = os.getloadavg()[0]
                 cache = _best([_timed(["cat", str(path)]) for _ in range(a.repeat)])
-                runs = [run_method("inprocess", path) for _ in range(a.repeat)]
+                runs, old_runs, clis, old_clis = [], [], [], []
+                for _ in range(a.repeat):       # alternating with the baseline, if any
+                    runs.append(run_method("inprocess", path))
+                    if a.baseline:
+                        old_runs.append(run_method("inprocess", path, a.baseline))
+                for _ in range(a.repeat):
+                    clis.append(_timed(inspect_cmd(path), env=env, cwd=td))
+                    if a.baseline:
+                        old_clis.append(_timed(inspect_cmd(path), env=base_env, cwd=td))
                 scan = min(runs, key=lambda r: r["wall"])
                 scan["all"] = [r["wall"] for r in runs]
-                cli = _best([_timed(inspect_cmd(path), env=env, cwd=td) for _ in range(a.repeat)])
+                cli = _best(clis)
                 gb = size / 1e9
                 name = f"r{rank} {dtype.upper()}" + (" (many)" if (rank, dtype) == (16, "f16") else "")
                 print(f"{name:<16} {layers:>6} {gb:>5.2f} {load:>4.1f} | {gb / cache['wall']:>10.1f} | "
@@ -276,8 +297,17 @@ def matrix(a) -> None:
                       f"{', '.join(f'{x:.3f}' for x in scan['all'])})", flush=True)
                 if scan["problems"]:
                     print(f"   problems: {scan['problems']}")
-                rows.append({"file": name, "layers": layers, "bytes": size, "cache": cache,
-                             "scan": scan, "cli": cli, "load": load})
+                row = {"file": name, "layers": layers, "bytes": size, "cache": cache,
+                       "scan": scan, "cli": cli, "load": load}
+                if a.baseline:
+                    old = min(old_runs, key=lambda r: r["wall"])
+                    old["all"] = [r["wall"] for r in old_runs]
+                    old_cli = _best(old_clis)
+                    print(f"   baseline: scan {_rate(gb, old)}, CLI {_rate(gb, old_cli)}; "
+                          f"sums of layer norms {scan['check']:.7g} here, {old['check']:.7g} there",
+                          flush=True)
+                    row.update(baseline_scan=old, baseline_cli=old_cli)
+                rows.append(row)
                 path.unlink()
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     if a.json:
@@ -323,6 +353,8 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=64)
     ap.add_argument("--dir", type=Path, default=None)
     ap.add_argument("--json", default=None, help="matrix: also write the numbers here")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="matrix: also time the lorascope checkout in this folder")
     ap.add_argument("--methods", default="lorascope,torch,torch1")
     ap.add_argument("--worker", nargs=2, metavar=("METHOD", "FILE"))
     a = ap.parse_args()
