@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import click
@@ -35,8 +33,9 @@ def _die(msg: str) -> None:
 
 
 def _dump(doc: dict) -> str:
+    from lorascope.report.dump import dumps     # json.dumps(indent=2)'s text, faster
     from lorascope.report.safe import json_safe
-    return _safe(json_safe(json.dumps(doc, indent=2, allow_nan=False, ensure_ascii=False)))
+    return _safe(json_safe(dumps(doc)))
 
 
 def _debug() -> bool:
@@ -159,6 +158,7 @@ def _run_pool(tasks: list[tuple], jobs: int) -> list[tuple]:
     one core: the batch is the parallelism).  A worker that dies (killed for memory, a
     signal) breaks the pool for every pending task: those are tried again one at a time,
     so only the run that kills its worker is reported as lost."""
+    from concurrent.futures import ProcessPoolExecutor      # here: `inspect` needs none of it
     from concurrent.futures.process import BrokenProcessPool
     ctx = _pool_context()
     rules_file = tasks[0][1] if tasks else None

@@ -83,14 +83,17 @@ def check_depth_shared(obj: Any, limit: int = MAX_DEPTH) -> Any:
     return obj
 
 
-def loads(text: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
+def loads(text: str | bytes, *, max_depth: int = MAX_DEPTH, walk: bool = True) -> Any:
     """``json.loads`` (bare NaN / Infinity accepted, as HF writes them) that raises
-    ValueError for invalid JSON and NestedTooDeep for deep nesting."""
+    ValueError for invalid JSON and NestedTooDeep for deep nesting.  ``walk=False``
+    skips the depth walk (the decoder's own limit still holds) for a caller that runs
+    :func:`check_depth` on the parts it keeps: a safetensors header of 60k tensors is
+    200k small containers, and walking them costs more than parsing them."""
     try:
         obj = json.loads(text)
     except RecursionError:
         raise NestedTooDeep(max_depth) from None
-    return check_depth(obj, max_depth)
+    return check_depth(obj, max_depth) if walk else obj
 
 
 def raw_decode(decoder: json.JSONDecoder, text: str, pos: int = 0, *,

@@ -4,9 +4,9 @@ The file is an 8-byte little-endian header length, a JSON header
 ``{"__metadata__": {str: str}, name: {"dtype", "shape", "data_offsets": [begin, end]}}``
 and the tensor bytes.  We read the header ourselves so that every number in it is
 bound-checked before it sizes anything (a hostile or truncated file becomes a problem
-string, never an exception or a large allocation), then compute statistics through a
-read-only memory map without torch (:mod:`lorascope.ingest._tensorscan`: batched, from
-the raw bits, one pass):
+string, never an exception or a large allocation), then compute statistics from the
+bytes read with ``preadv``, without torch (:mod:`lorascope.ingest._tensorscan`: batched,
+from the raw bits, one pass, in threads):
 
 * per tensor (:class:`TensorStat`): non-finite count, all-zero, abs max, Frobenius norm
   and mean |w| over the finite elements;
@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from lorascope.ingest import _json, _lycoris
-from lorascope.ingest._tensorscan import NUMPY_DTYPES, Job, TensorInfo, pair, read_small, scalar, scan
+from lorascope.ingest._tensorscan import NUMPY_DTYPES, Table, TensorInfo, read_small, scalar, scalars, scan_table
 from lorascope.model import Checkpoint, Module, Parsed, Source, TensorStat
 from lorascope.safe_open import open_file, read_text
 from lorascope.trainers import ai_toolkit, hf_trainer, kohya, onetrainer
@@ -99,6 +99,7 @@ KOHYA_LEAVES = sorted((
     "conv", "linear", "attn_qkv", "attn_proj",
 ), key=len, reverse=True)
 _KOHYA_LEAF_SET = frozenset(KOHYA_LEAVES)
+_KOHYA_LEAF_PARTS = max(leaf.count("_") for leaf in KOHYA_LEAVES) + 1
 
 
 # -- header ------------------------------------------------------------------------
@@ -166,7 +167,10 @@ def read_header(path: Path, problems: _Problems) -> Header:
         problems.add(f"cannot read file ({e.strerror})")
         return h
     try:
-        doc = _json.loads(raw.decode("utf-8"))
+        # the depth walk is run below on what is kept (the metadata, odd entries): a
+        # header of 60k tensors is 200k small lists, and walking them all costs more
+        # than parsing them
+        doc = _json.loads(raw.decode("utf-8"), walk=False)
     except _json.NestedTooDeep as e:
         problems.cut = True
         problems.add(f"header is not valid JSON ({e})")
@@ -179,23 +183,57 @@ def read_header(path: Path, problems: _Problems) -> Header:
         problems.cut = True
         problems.add("header is not a JSON object")
         return h
-    h.ok = True
     data_start = 8 + n
     data_len = size - data_start
     meta = doc.pop("__metadata__", None)
-    if isinstance(meta, dict):
-        for k, v in meta.items():
-            h.metadata[str(k)] = v if isinstance(v, str) else json.dumps(v)
-    elif meta is not None:
-        problems.add("__metadata__ is not an object: ignored")
+    try:
+        if isinstance(meta, dict):
+            _json.check_depth(meta, _json.MAX_DEPTH - 1)
+            for k, v in meta.items():
+                h.metadata[str(k)] = v if isinstance(v, str) else json.dumps(v)
+        elif meta is not None:
+            _json.check_depth(meta, _json.MAX_DEPTH - 1)
+            problems.add("__metadata__ is not an object: ignored")
+        h.tensors = _check_tensors(doc, data_start, data_len, problems)
+    except _json.NestedTooDeep as e:
+        problems.cut = True
+        problems.add(f"header is not valid JSON ({e})")
+        h.metadata, h.tensors = {}, []
+        return h
+    h.ok = True
+    return h
+
+
+def _check_tensors(doc: dict, data_start: int, data_len: int, problems: _Problems) -> list[TensorInfo]:
+    """The header's tensor entries that pass every check, in order; a problem for each
+    other.  NestedTooDeep if a container in an entry nests deeper than the JSON limit.
+    (The loop is the common case inlined: 60k entries in a large adapter.)"""
+    out: list[TensorInfo] = []
+    bits_of = DTYPE_BITS
     for name, info in doc.items():
-        if len(h.tensors) >= MAX_TENSORS:
+        if len(out) >= MAX_TENSORS:
             problems.add(f"more than {MAX_TENSORS} tensors: the rest were not read")
             break
-        t = _check_tensor(name, info, data_start, data_len, problems)
+        if type(info) is dict and len(info) == 3:
+            dtype, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+            if (type(shape) is list and type(offs) is list and len(offs) == 2 and len(shape) <= MAX_DIMS
+                    and type(dtype) is str and dtype in bits_of):
+                begin, end = offs
+                if type(begin) is int and type(end) is int and 0 <= begin <= end <= data_len:
+                    numel = 1
+                    for d in shape:
+                        if type(d) is not int or d < 0:
+                            break
+                        numel *= d
+                    else:
+                        nbits = numel * bits_of[dtype]
+                        if nbits % 8 == 0 and nbits // 8 == end - begin:
+                            out.append(TensorInfo(name, dtype, tuple(shape), data_start + begin, end - begin))
+                            continue
+        t = _check_tensor(name, info, data_start, data_len, problems)     # why not, in words
         if t is not None:
-            h.tensors.append(t)
-    return h
+            out.append(t)
+    return out
 
 
 def _ints(xs: list) -> bool:
@@ -208,7 +246,9 @@ def _ints(xs: list) -> bool:
 def _check_tensor(name: str, info: Any, data_start: int, data_len: int,
                   problems: _Problems) -> TensorInfo | None:
     if not isinstance(info, dict):
+        _json.check_depth(info, _json.MAX_DEPTH - 1)
         return _bad(problems, name, "tensor entry is not an object")
+    _json.check_depth(info, _json.MAX_DEPTH - 1)
     dtype, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
     if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
         return _bad(problems, name, f"unknown dtype {str(dtype)[:20]!r}")
@@ -253,7 +293,41 @@ class _Pair:
     embedding: bool = False
 
 
+# the common keys, by their last two (or three) dotted parts: (role, style)
+_WEIGHT_ROLES = {"lora_down": ("down", "kohya"), "lora_up": ("up", "kohya"),
+                 "lora_mid": ("mid", "kohya"), "lora_A": ("down", "peft"), "lora_B": ("up", "peft")}
+_EMBEDDING_ROLES = {"lora_embedding_A": "down", "lora_embedding_B": "up"}
+
+
 def _split_key(key: str) -> tuple[str, str, str] | None:
+    """(layer name, role, style) of a LoRA tensor key, or None.  The common keys are
+    taken apart by their last dotted parts; anything else goes through the SUFFIXES
+    rules (:func:`_split_key_rules`), which give the same answer for all keys."""
+    if "lora" not in key:
+        return None
+    head, _, last = key.rpartition(".")
+    if last == "alpha":
+        return None
+    if last == "weight":
+        name, dot, mid = head.rpartition(".")
+        if dot and name:
+            rs = _WEIGHT_ROLES.get(mid)
+            if rs is not None:
+                role, style = rs
+                if style == "peft" and name.split(".", 1)[0] in DIFFUSERS_PREFIXES:
+                    style = "diffusers"
+                return name, role, style
+            if mid == "down" or mid == "up":
+                name3, dot3, third = name.rpartition(".")
+                if dot3 and name3 and (third == "lora" or third == "lora_linear_layer"):
+                    return name3, mid, "diffusers"
+    elif last in _EMBEDDING_ROLES and head:
+        style = "diffusers" if head.split(".", 1)[0] in DIFFUSERS_PREFIXES else "peft"
+        return head, _EMBEDDING_ROLES[last], style
+    return _split_key_rules(key)
+
+
+def _split_key_rules(key: str) -> tuple[str, str, str] | None:
     for suf, role, style in SUFFIXES:
         if key.endswith(suf) and len(key) > len(suf):
             name = key[: -len(suf)]
@@ -271,19 +345,23 @@ def _group(tensors: list[TensorInfo]) -> tuple[dict[str, _Pair], set[str]]:
     used: set[str] = set()
     alphas: dict[str, TensorInfo] = {}
     for t in tensors:
-        s = _split_key(t.name)
+        key = t.name
+        s = _split_key(key)
         if s is None:
-            if t.name.endswith(".alpha") and t.name.startswith("lora_"):
-                alphas[t.name[:-6]] = t
+            if key.endswith(".alpha") and key.startswith("lora_"):
+                alphas[key[:-6]] = t
             continue
         name, role, style = s
-        p = pairs.setdefault(name, _Pair(name, style))
+        p = pairs.get(name)
+        if p is None:
+            p = pairs[name] = _Pair(name, style)
         setattr(p, role, t)
-        p.embedding = t.name.endswith(("lora_embedding_A", "lora_embedding_B"))
-        used.add(t.name)
+        p.embedding = key.endswith(("lora_embedding_A", "lora_embedding_B"))
+        used.add(key)
     for name, t in alphas.items():
-        if name in pairs:
-            pairs[name].alpha_t = t
+        p = pairs.get(name)
+        if p is not None:
+            p.alpha_t = t
             used.add(t.name)
     return pairs, used
 
@@ -291,13 +369,13 @@ def _group(tensors: list[TensorInfo]) -> tuple[dict[str, _Pair], set[str]]:
 def leaf_name(name: str, style: str) -> str:
     """The adapted layer's own name: ``q_proj``, ``to_out.0``, ``to_k``."""
     if style == "kohya":
-        # the longest known leaf the name ends with, after an underscore
-        i = name.find("_")
-        while i >= 0:
-            if name[i + 1:] in _KOHYA_LEAF_SET:
-                return name[i + 1:]
-            i = name.find("_", i + 1)
-        parts = name.split("_")
+        # the longest known leaf the name ends with, after an underscore (a leaf has at
+        # most _KOHYA_LEAF_PARTS parts)
+        parts = name.rsplit("_", _KOHYA_LEAF_PARTS)
+        for k in range(min(_KOHYA_LEAF_PARTS, len(parts) - 1), 0, -1):
+            leaf = "_".join(parts[-k:])
+            if leaf in _KOHYA_LEAF_SET:
+                return leaf
         return "_".join(parts[-2:]) if parts[-1].isdigit() and len(parts) > 1 else parts[-1]
     parts = name.split(".")
     if parts[-1].isdigit() and len(parts) > 1:
@@ -507,20 +585,31 @@ def _read(path: Path, rel: str, adapter_config: dict | None, stats_budget: int) 
 
     full = [p for p in pairs.values() if p.down and p.up]
     chains = [_chain(p, problems) for p in full]
-    jobs: dict[str, Job] = {}
-    mids: list[tuple[Job, TensorInfo, int]] = []
+    # the table of tensors to scan: a layer's down and up weight side by side (linked
+    # when their Gram matrices give the update's norm), then other tensors
+    rows: dict[str, int] = {}
+    infos: list[TensorInfo] = []
+    axis: list[int] = []
+    ranks: list[int] = []
+    mids: list[tuple[int, TensorInfo, int]] = []
     for p, (rank, chain) in zip(full, chains):
         if p.down.dtype in NUMPY_DTYPES and p.up.dtype in NUMPY_DTYPES:
-            d = jobs[p.down.name] = Job(p.down, 1 if chain else None, rank if chain else 0)
-            u = jobs[p.up.name] = Job(p.up, 0 if chain else None, rank if chain else 0)
+            rows[p.down.name] = len(infos)
+            rows[p.up.name] = len(infos) + 1
+            infos += (p.down, p.up)
             if chain:
-                pair(d, u)
+                axis += (1, 0)
+                ranks += (rank, rank)
                 if p.mid is not None:
-                    mids.append((d, p.mid, rank))
+                    mids.append((len(infos) - 2, p.mid, rank))
+            else:
+                axis += (-1, -1)
+                ranks += (0, 0)
+    paired = len(infos)
     budget = stats_budget
     skipped = 0
     for t in h.tensors:
-        if t.name in jobs or t.dtype not in NUMPY_DTYPES:
+        if t.name in rows or t.dtype not in NUMPY_DTYPES:
             continue
         if t.name in used and t.nbytes <= 64:
             pass                       # alpha scalars: always cheap
@@ -529,25 +618,49 @@ def _read(path: Path, rel: str, adapter_config: dict | None, stats_budget: int) 
             continue
         else:
             budget -= t.nbytes
-        jobs[t.name] = Job(t)
+        rows[t.name] = len(infos)
+        infos.append(t)
     if skipped:
         facts["stats_skipped_tensors"] = skipped
+    n = len(infos)
+    ax = np.full(n, -1, np.int8)
+    ax[:paired] = axis
+    rk = np.zeros(n, np.int64)
+    rk[:paired] = ranks
+    partner = np.full(n, -1, np.int64)
+    linked = np.flatnonzero(ax[:paired:2] >= 0) * 2          # rows of linked down weights
+    partner[linked], partner[linked + 1] = linked + 1, linked
 
     stats: dict[str, TensorStat] = {}
     modules: list[Module] = []
     try:
         with open_file(path) as f:            # small reads (pread) around the scan
             fd = f.fileno()
-            alpha_values = [scalar(fd, p.alpha_t) if p.alpha_t is not None else None
-                            for p in full]
+            alpha_values = scalars(fd, [p.alpha_t for p in full])
+            core = {}
             for d, t, rank in mids:
-                d.mid = _mid_core(fd, t, rank)
-                if d.mid is None:                  # a broken core: norm of up only
-                    d.partner.partner = d.partner = None
-            scan(path, list(jobs.values()))
-            stats = {name: j.acc.stat(j.t) for name, j in jobs.items()}
+                m = _mid_core(fd, t, rank)
+                if m is None:                  # a broken core: norm of up only
+                    ax[d:d + 2], partner[d:d + 2] = -1, -1
+                else:
+                    core[d] = m
+            tab = Table(infos, ax, rk, partner, core)
+            scan_table(path, tab)
+            nonf, zero, amax, norm, mean = tab.columns()
+            cross = tab.cross.tolist()
             for p, (rank, chain), alpha in zip(full, chains, alpha_values):
-                modules.append(_module(p, rank, chain, alpha, alphas, jobs, stats))
+                if p.down.dtype in NUMPY_DTYPES and p.up.dtype in NUMPY_DTYPES:
+                    d = rows[p.down.name]
+                    u = d + 1
+                    nonfinite = nonf[d] + nonf[u]
+                    if p.mid is not None and p.mid.name in rows:
+                        nonfinite += nonf[rows[p.mid.name]]
+                    modules.append(_module(p, rank, chain, alpha, alphas, cross[d], norm[u],
+                                           mean[u], zero[u], nonfinite))
+                else:                                        # dtypes we cannot read
+                    modules.append(_module(p, rank, chain, alpha, alphas))
+            stats = {t.name: TensorStat(t.name, t.dtype, t.shape, nonf[i], zero[i], amax[i], norm[i], mean[i])
+                     for i, t in enumerate(infos)}
             for layer in lyco.values():
                 alpha = scalar(fd, layer.alpha_t) if layer.alpha_t is not None else None
                 if alpha is None and layer.name.startswith("lora_"):
@@ -657,28 +770,24 @@ def _mid_core(fd: int, t: TensorInfo, rank: int) -> np.ndarray | None:
     return np.ascontiguousarray(a.reshape(rank, rank, -1).transpose(2, 0, 1))
 
 
-def _module(p: _Pair, rank: int | None, chain: bool, alpha: float | None,
-            alphas: _AlphaSource, jobs: dict[str, Job], stats: dict[str, TensorStat]) -> Module:
-    """One adapted layer from its scanned down and up weights."""
-    down, up = p.down, p.up
-    assert down is not None and up is not None
+def _module(p: _Pair, rank: int | None, chain: bool, alpha: float | None, alphas: _AlphaSource,
+            cross: float | None = None, up_norm: float = 0.0, mean_abs: float | None = None,
+            zero: bool = False, nonfinite: int = 0) -> Module:
+    """One adapted layer from the statistics of its down and up weights (``cross``: the
+    squared norm of ``up @ down``, NaN when the scan could not give it; None: dtypes we
+    cannot read)."""
     rslora = False
     if alpha is None:
         alpha, rslora = alphas.alpha(p)
-    if down.name not in jobs or up.name not in jobs:        # dtypes we cannot read
+    if cross is None:
         return Module(p.name, rank, alpha, None, None, False, 0)
-    a, ups = jobs[down.name], stats[up.name]
-    if chain and a.cross is not None:
-        norm = math.sqrt(max(a.cross, 0.0))
+    if chain and cross == cross:
+        norm = math.sqrt(max(cross, 0.0))
         if alpha is not None and rank:
             norm *= alpha / (math.sqrt(rank) if rslora else rank)
     else:
-        norm = ups.norm
-    nonfinite = a.acc.nonfinite + ups.nonfinite
-    if p.mid is not None and p.mid.name in stats:
-        nonfinite += stats[p.mid.name].nonfinite
-    return Module(name=p.name, rank=rank, alpha=alpha, norm=norm if math.isfinite(norm) else None,
-                  mean_abs=ups.mean_abs, zero=ups.zero, nonfinite=nonfinite)
+        norm = up_norm
+    return Module(p.name, rank, alpha, norm if math.isfinite(norm) else None, mean_abs, zero, nonfinite)
 
 
 def read_checkpoint(path: Path, rel: str, adapter_config: dict | None = None) -> Checkpoint:

@@ -83,4 +83,6 @@ def json_safe(text: str) -> str:
     json leaves raw (DEL, C1 controls, bidi and invisible format characters) written as
     ``\\uXXXX`` escapes: the same document for a parser, inert on a terminal.  They can
     only occur inside strings, where such an escape is valid."""
+    if text.isascii() and "\x7f" not in text:       # DEL is the one ASCII character of
+        return text                                 # the set: skip the scan of 5 MB
     return _JSON_UNSAFE.sub(_json_escape, text)

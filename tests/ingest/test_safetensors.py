@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import struct
 import time
 from pathlib import Path
@@ -385,11 +384,13 @@ def test_parallel_scan_gives_the_serial_results(tmp_path, monkeypatch):
     assert sum(m.nonfinite for m in parallel.modules) == 2
 
 
-def test_a_file_large_enough_for_worker_processes_reads_as_in_one(tmp_path, monkeypatch):
-    """A 40 MB adapter through the forked-worker path (from 32 MiB for this test; the
-    default threshold is larger) equals the one-process reading, number for number."""
+def test_a_file_large_enough_for_scan_threads_reads_as_in_one(tmp_path, monkeypatch):
+    """A 40 MB adapter scanned by several threads (from the default threshold of 32 MiB)
+    equals the one-thread reading, number for number."""
+    import threading
+
     import lorascope.ingest._tensorscan as ts
-    monkeypatch.setattr(ts, "PARALLEL_MIN_BYTES", 32 * 1024 * 1024)
+    monkeypatch.setattr(ts, "_cpus", lambda: 3)
     rng = np.random.default_rng(7)
     t = {}
     for i in range(110):
@@ -400,19 +401,17 @@ def test_a_file_large_enough_for_worker_processes_reads_as_in_one(tmp_path, monk
     f = tmp_path / "big.safetensors"
     save_file(t, f)
     assert f.stat().st_size >= ts.PARALLEL_MIN_BYTES
-    real, pids, me = ts._scan_tasks, tmp_path / "pids", os.getpid()
-    pids.mkdir()
+    real, seen, me = ts.Scanner.task, set(), threading.get_ident()
 
-    def tagged(mm, tasks):
-        (pids / str(os.getpid())).touch()
-        if os.getpid() == me:
-            time.sleep(0.02)                       # so a worker surely starts in time
-        return real(mm, tasks)
+    def tagged(self, task):
+        seen.add(threading.get_ident())
+        if threading.get_ident() == me:
+            time.sleep(0.002)                      # so another thread surely takes some
+        return real(self, task)
 
-    monkeypatch.setattr(ts, "_scan_tasks", tagged)
+    monkeypatch.setattr(ts.Scanner, "task", tagged)
     parallel = read_checkpoint(f, f.name)
-    if ts._can_fork() and ts._cpus() > 1:
-        assert len(list(pids.iterdir())) >= 2        # a worker process took pieces
+    assert len(seen) >= 2                          # a second thread took spans
     monkeypatch.setattr(ts, "SCAN_WORKERS", 1)
     serial = read_checkpoint(f, f.name)
     assert parallel.modules == serial.modules and parallel.tensors == serial.tensors
