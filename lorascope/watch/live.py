@@ -15,8 +15,12 @@ final one) is withdrawn: a blip that recovered, a climb that turned out to be a 
 **Live policy.** Some rules judge the run as a whole and say so while it is live:
 ``run.incomplete`` is held back until the run ends (a run being watched has not reached
 its planned steps, by definition), and rules that compare the end of the run with what
-came before (an eval loss rising to its last evaluation, a plateau, late samples) are
-shown as provisional: judged on the run so far.
+came before (an eval loss rising to its last evaluation, late samples) are shown as
+provisional: judged on the run so far.  Findings about the shape of the loss (a climb, a
+spike, swings, a plateau) are provisional too while the loss has fewer than
+:data:`YOUNG_POINTS` points: then firm, as the seed articles' habit has it (judge the run
+in its first few hundred steps, not in its first few).  ``--on-finding`` acts on firm
+findings only; a provisional one that becomes firm is *confirmed*.
 """
 from __future__ import annotations
 
@@ -31,7 +35,6 @@ LIVE_POLICY: dict[str, tuple[str, str]] = {
     "run.incomplete": ("final", "a run still training has not reached its planned steps: "
                                 "judged when the run ends"),
     "overfit": ("provisional", "judged on the evaluations so far: the eval loss may still turn"),
-    "loss.plateau": ("provisional", "judged on the steps so far: the loss may still fall"),
     "sample.collapse": ("provisional", "judged on the samples so far"),
     "sample.memorized": ("provisional", "judged on the samples so far"),
 }
@@ -40,7 +43,7 @@ WITHDRAW_AFTER = 2          # analyses in a row without a finding before it is w
 # training-loss points) their findings are provisional - a few noisy points at the start
 # of a diffusion loss can look like a climb that the next points take back
 SHAPE_RULES = ("loss.divergence", "loss.spike", "loss.oscillation", "loss.epoch_jump",
-               "grad.explosion")
+               "loss.plateau", "grad.explosion")
 YOUNG_POINTS = 50
 YOUNG = "judged on fewer than {n} logged points: the next points may take it back"
 

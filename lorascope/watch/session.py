@@ -100,6 +100,7 @@ class Watch:
         self.errors = False
         self.hooks: list[threading.Thread] = []
         self.levels = FAIL_LEVELS[opts.fail_on]
+        self.debug = bool(os.environ.get("LORASCOPE_WATCH_DEBUG"))
 
     # -- output ----------------------------------------------------------------------
     def _write(self, text: str, err: bool = False) -> None:
@@ -213,9 +214,10 @@ class Watch:
     def _live(self) -> None:
         t0 = time.monotonic()
         a = self._analyse(final=False, others=False)
-        self.cost = time.monotonic() - t0
         if a is None:
             return
+        # the first analysis also reads the datasets (kept after): not a measure of the next
+        self.cost = 0.0 if self.analysis is None else time.monotonic() - t0
         self.analysis = a
         self.step = a.run.steps.last
         shown, prov = live_findings(a.findings, a.run)
@@ -311,8 +313,27 @@ class Watch:
         except (KeyboardInterrupt, _Interrupt):
             return EXIT_USAGE
 
+    def _warm(self) -> None:
+        """Run the rules once on a made-up curve before the trainer writes: the first
+        analysis would otherwise pay for every import the curve stage makes on first use
+        (about a second), and the first symptom would wait for it."""
+        import numpy as np
+        from lorascope.analyze import _analyse
+        from lorascope.model import Run, Series
+        steps = np.arange(1, 201, dtype=np.int64)
+        noise = np.random.default_rng(0).normal(0, 0.05, 200)
+        loss = np.exp(-steps / 80.0) + 0.5 + noise
+        loss[120] = 5.0
+        run = Run(path="", name="warm-up", series=(
+            Series("loss", "train_loss", steps, loss),
+            Series("eval_loss", "eval_loss", steps[::20], loss[::20] + 0.1),
+            Series("learning_rate", "lr", steps, np.full(200, 1e-4)),
+            Series("grad_norm", "grad_norm", steps, np.abs(noise) + 1.0)))
+        _analyse(run, self.catalog)
+
     def _loop(self) -> End:
         o = self.o
+        self._warm()
         run_dir = Path(o.run_dir)
         announced = False
         analysis_due = 0.0
@@ -343,7 +364,7 @@ class Watch:
                 woke = self.notifier.wait(wait)
                 if woke:
                     time.sleep(0.02)          # the rest of the trainer's burst of writes
-            now = time.monotonic()
+            now = now0 = time.monotonic()
             # list the folder again when the tree changed, at least every WALK_EVERY s,
             # and when polling as often as the walk's own cost allows
             walk = self.notifier.tree_changed() or now - walked >= WALK_EVERY or (
@@ -360,8 +381,12 @@ class Watch:
                 dirty = True
             if dirty and now >= analysis_due:
                 dirty = False
+                t0 = time.monotonic()
                 self._live()
                 done = time.monotonic()
+                if self.debug:
+                    self._write(f"watch: {_stamp()} read {t0 - now0:.3f}s, analysis {done - t0:.3f}s "
+                                f"at step {self.step}", err=True)
                 analysis_due = done + self.cost     # at most half of the time analysing
             end = self._end(time.monotonic())
             if end is not None and not dirty:
