@@ -72,6 +72,7 @@ def test_kohya_nan_is_reported_at_once_and_on_finding_stops_the_trainer(tmp_path
     first_nan = int(np.flatnonzero(~np.isfinite(loss.values))[0])
     assert step == int(loss.steps[first_nan])
     latency = ev["time"] - float(loss.wall_times[first_nan])
+    print(f"kohya NaN at step {step}: reported {latency:.3f} s after the trainer wrote it")
     assert 0 <= latency < LATENCY, (latency, w.summary())
     # the hook got the finding as JSON on stdin
     got = json.loads(hook.read_text(encoding="utf-8"))
@@ -127,6 +128,8 @@ def test_hf_trainer_stuck_loss_is_confirmed_and_stops_the_trainer(tmp_path):
     assert first is not None and firm is not None and first < firm
     for ev, step in ((first_ev, first), (firm_ev, firm)):
         latency = ev["time"] - wall_time_of(run, "train/loss", step)
+        print(f"HF plateau {ev['event']} ({'provisional' if ev['provisional'] else 'firm'}) at step "
+              f"{step}: {latency:.3f} s after the trainer wrote it")
         assert 0 <= latency < LATENCY, (ev["event"], step, latency, w.summary())
     if first_ev is not firm_ev:                 # shown while young, then confirmed
         assert first_ev["provisional"] and "fewer than" in first_ev["provisional_why"]

@@ -154,7 +154,8 @@ class _Whole(_Follower):
         if sig == self.sig and not self.retry and not (final and not self.snap_final):
             return False
         now = time.monotonic()
-        if not final and self.kind in build.CURVE_KINDS and now - self.last < REPARSE_FACTOR * self.cost:
+        if not final and self.cost > 0.05 and self.kind in build.CURVE_KINDS \
+                and now - self.last < REPARSE_FACTOR * self.cost:
             self.retry = True                         # a large curve file: not too often
             return False
         t0 = time.monotonic()
