@@ -271,7 +271,10 @@ def analyze(run_dirs, fmt, html, no_html, fail_on, rules_file, jobs, run_id):
               help="TOML file overriding rule severities and thresholds.")
 @click.option("--idle-timeout", type=click.FloatRange(1, None), default=1800, show_default=True,
               help="End when nothing new was written for this many seconds.")
-def watch(run_dir, interval, fail_on, on_finding, html, fmt, rules_file, idle_timeout):
+@click.option("--poll", is_flag=True, default=False,
+              help="Poll every --interval seconds instead of using the file system's change "
+                   "notifications (e.g. on a network file system written from another machine).")
+def watch(run_dir, interval, fail_on, on_finding, html, fmt, rules_file, idle_timeout, poll):
     """Follow a run while it trains: print each finding as it appears."""
     from lorascope.report.paths import ReportWriteError, check_target
     from lorascope.rules.registry import CatalogError, load_catalog
@@ -291,7 +294,8 @@ def watch(run_dir, interval, fail_on, on_finding, html, fmt, rules_file, idle_ti
     opts = Options(run_dir=Path(run_dir), interval=interval, fail_on=fail_on, on_finding=on_finding,
                    html=Path(html) if html else None, fmt=fmt,
                    rules_file=Path(rules_file) if rules_file else None,
-                   idle_timeout=idle_timeout, settle=max(2.0, interval), color=color)
+                   idle_timeout=idle_timeout, settle=max(2.0, interval), color=color,
+                   notifications=not poll)
     sys.exit(run_watch(opts))
 
 

@@ -123,17 +123,24 @@ def test_findings_appear_no_later_than_their_prefix_shows_them(tmp_path):
     assert first <= spike["at_step"] <= first + per_batch
 
 
-def test_growing_run_through_the_command(tmp_path):
+@pytest.mark.parametrize("mode", ["notify", "poll"])
+def test_growing_run_through_the_command(tmp_path, mode):
     """The command itself, following a run written record by record (with records cut
-    at the live end), ends by itself when the trainer's log says "model saved.", with
+    at the live end), with the file system's change notifications (inotify here) or by
+    polling (--poll), ends by itself when the trainer's log says "model saved.", with
     the report analyze gives on the finished folder."""
     src = fixture_run("sd-lr-spike")
     run = tmp_path / "run"
     run.mkdir()
-    w = WatchProc(run, "--interval", "0.3", "--idle-timeout", "60")
+    w = WatchProc(run, "--interval", "0.3", "--idle-timeout", "60", *(["--poll"] if mode == "poll" else []))
     try:
         assert w.ready.wait(60), w.summary()
-        rep = Replay(src, run, batch=40, pause=0.02).start()
+        how = w.stderr.split("lorascope watch: following", 1)[1].splitlines()[0]
+        if mode == "poll":
+            assert "polling every 0.3 s" in how, how
+        else:
+            assert "inotify notifications" in how, how
+        rep = Replay(src, run, batch=40, pause=0.1).start()
         rep.done.wait(120)
         rc = w.finish(timeout=60)
     finally:
@@ -159,10 +166,18 @@ def test_ctrl_c_reports_the_run_so_far(tmp_path):
     ev = next(run.rglob("events.out.tfevents.*"))
     with open(ev, "ab") as fh:
         fh.write(b"\x2a\x00\x00\x00\x00\x00\x00\x00\x01")    # a record being written
-    w = WatchProc(run, "--interval", "0.2", "--idle-timeout", "600", "--fail-on", "warning")
+    html = tmp_path / "live" / "report.html"
+    w = WatchProc(run, "--interval", "0.2", "--idle-timeout", "600", "--fail-on", "warning",
+                  "--html", str(html))
     try:
         assert w.ready.wait(60), w.summary()
         assert w.wait_for(lambda e: e["event"] == "appeared" and e["finding"]["rule"] == "loss.spike", 60)
+        # the live report is written as findings appear, before the run ends
+        t_end = time.time() + 30
+        while time.time() < t_end and not (html.is_file() and "loss.spike" in html.read_text("utf-8")):
+            time.sleep(0.05)
+        assert "loss.spike" in html.read_text("utf-8")
+        assert "run.incomplete" not in html.read_text("utf-8")
         w.proc.send_signal(signal.SIGINT)
         rc = w.finish(timeout=60)
     finally:

@@ -5,8 +5,10 @@ The loop: wait for a change (:mod:`lorascope.watch.notify`), read what is new
 rules (the same :func:`lorascope.build.build_folder` and rules as ``analyze``), then
 print what changed (:mod:`lorascope.watch.live`): each new finding once, as it appears,
 with its step; a finding a later analysis no longer makes, as withdrawn.  An analysis
-never starts sooner after the last one than the last one took: on a run of a million
-points the watch spends at most about half a core, and nothing while the run is quiet.
+never starts sooner after the last one than the last one took, nor sooner than
+:data:`MIN_GAP`: a trainer that flushes its event file at every step is analysed at most
+twice a second, a run of a million points with about half a core at most (an analysis
+there takes about 0.2 s; bench/README.md), and nothing is analysed while the run is quiet.
 
 It ends by itself when the run is over, and then reports on the whole run as
 ``analyze`` does:
@@ -27,6 +29,7 @@ at or above ``--fail-on`` is in the final report, 2 on an error, else 0.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -46,6 +49,7 @@ FAIL_LEVELS = {"critical": ("critical",), "warning": ("critical", "warning"), "n
 END_FILES = ("all_results.json", "train_results.json")
 WALK_EVERY = 30.0          # seconds: a full walk at least this often, notifications or not
 HTML_EVERY = 15.0          # seconds: the live HTML report is rewritten at most this often
+MIN_GAP = 0.5              # seconds: the least time between the end of an analysis and the next
 MARK_SLACK = 120.0         # seconds an end mark may be older than the newest curve data
 
 
@@ -72,6 +76,17 @@ class End:
 
 class _Interrupt(Exception):
     pass
+
+
+def _blas_single_thread():
+    """BLAS at one thread: the watch runs beside a trainer, its products are small, and
+    an idle multi-threaded OpenBLAS spins its workers after each call (a third of a
+    core at 100 events/s, bench/README.md)."""
+    try:
+        from threadpoolctl import threadpool_limits
+        return threadpool_limits(1, user_api="blas")
+    except Exception:               # any failure: leave BLAS alone
+        return contextlib.nullcontext()
 
 
 def _stamp(t: float | None = None) -> str:
@@ -293,6 +308,10 @@ class Watch:
 
     # -- the loop --------------------------------------------------------------------
     def run(self) -> int:
+        with _blas_single_thread():
+            return self._run()
+
+    def _run(self) -> int:
         prev = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
         if prev is not None:
             def on_term(signum, frame):
@@ -387,7 +406,7 @@ class Watch:
                 if self.debug:
                     self._write(f"watch: {_stamp()} read {t0 - now0:.3f}s, analysis {done - t0:.3f}s "
                                 f"at step {self.step}", err=True)
-                analysis_due = done + self.cost     # at most half of the time analysing
+                analysis_due = done + max(self.cost, MIN_GAP)   # at most half of the time analysing
             end = self._end(time.monotonic())
             if end is not None and not dirty:
                 return end
