@@ -8,8 +8,11 @@ a file system that has none), it polls every ``--interval`` seconds.  Either way
 poll at the interval backs the notifications up: a network file system may deliver no
 events for writes made on another machine.
 
-Only writes wake the watch: the open and close-without-write events of our own reads
-are ignored, or each read would wake it again.
+Only writes wake the watch, and only they are asked of the kernel (watchdog's
+``event_filter`` sets the inotify mask): tensorboard's writer opens and closes the event
+file for every record, and the open / close / close-without-write events of that and of
+our own reads, handled one by one in Python, cost most of a core at a trainer's rate
+(bench/README.md); with the mask, a few percent.
 """
 from __future__ import annotations
 
@@ -37,7 +40,9 @@ class Notifier:
 
     def _start(self) -> None:
         try:
-            from watchdog.events import FileSystemEventHandler
+            from watchdog.events import (DirCreatedEvent, DirDeletedEvent, DirMovedEvent,
+                                         FileCreatedEvent, FileDeletedEvent, FileModifiedEvent,
+                                         FileMovedEvent, FileSystemEventHandler)
             from watchdog.observers import Observer
         except ImportError:
             self.why = "watchdog is not installed (pip install 'lorascope[watch]')"
@@ -55,7 +60,12 @@ class Notifier:
 
         try:
             obs = Observer()
-            obs.schedule(Handler(), str(self.root), recursive=True)
+            wanted = [FileModifiedEvent, FileCreatedEvent, FileDeletedEvent, FileMovedEvent,
+                      DirCreatedEvent, DirDeletedEvent, DirMovedEvent]
+            try:
+                obs.schedule(Handler(), str(self.root), recursive=True, event_filter=wanted)
+            except TypeError:            # a watchdog before 4.0: every event, filtered here
+                obs.schedule(Handler(), str(self.root), recursive=True)
             obs.daemon = True
             obs.start()
         except Exception as e:   # no inotify instance left, a file system without events

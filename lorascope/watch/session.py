@@ -308,7 +308,7 @@ class Watch:
 
     # -- the loop --------------------------------------------------------------------
     def run(self) -> int:
-        with _blas_single_thread():
+        with contextlib.ExitStack() as self._limits:     # BLAS at one thread, once loaded
             return self._run()
 
     def _run(self) -> int:
@@ -353,6 +353,8 @@ class Watch:
     def _loop(self) -> End:
         o = self.o
         self._warm()
+        # after the warm-up: scipy loads its own OpenBLAS on first use
+        self._limits.enter_context(_blas_single_thread())
         run_dir = Path(o.run_dir)
         announced = False
         analysis_due = 0.0
