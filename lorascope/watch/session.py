@@ -8,7 +8,7 @@ with its step; a finding a later analysis no longer makes, as withdrawn.  An ana
 never starts sooner after the last one than the last one took, nor sooner than
 :data:`MIN_GAP`: a trainer that flushes its event file at every step is analysed at most
 twice a second, a run of a million points with about half a core at most (an analysis
-there takes about 0.2 s; bench/README.md), and nothing is analysed while the run is quiet.
+there takes 0.2 to 0.4 s; bench/README.md), and nothing is analysed while the run is quiet.
 
 It ends by itself when the run is over, and then reports on the whole run as
 ``analyze`` does:
@@ -79,9 +79,8 @@ class _Interrupt(Exception):
 
 
 def _blas_single_thread():
-    """BLAS at one thread: the watch runs beside a trainer, its products are small, and
-    an idle multi-threaded OpenBLAS spins its workers after each call (a third of a
-    core at 100 events/s, bench/README.md)."""
+    """BLAS at one thread: the watch runs beside a trainer and its products are small
+    (a multi-threaded OpenBLAS spends more time synchronising than computing on them)."""
     try:
         from threadpoolctl import threadpool_limits
         return threadpool_limits(1, user_api="blas")
