@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lorascope import __version__
-from lorascope.build import build_folder
+from lorascope.build import Folder, build_folder
 from lorascope.diagnose import diagnose, verdict
 from lorascope.model import Finding, Run
 from lorascope.rules.registry import REGISTRY, Context, load_catalog, load_rule_modules, params_for
@@ -87,6 +87,13 @@ def analyze(run_dir: Path | str, rules_file: Path | None = None, *, catalog: dic
     the folder is analysed on its own curves too (``Analysis.others``)."""
     catalog = catalog if catalog is not None else load_catalog(rules_file)
     folder = build_folder(run_dir, jobs=jobs, progress=progress)
+    return analyse_folder(folder, catalog, run_dir, run_id)
+
+
+def analyse_folder(folder: Folder, catalog: dict, run_dir: Path | str = "",
+                   run_id: str | None = None, others: bool = True) -> Analysis:
+    """The Analysis of a built folder's latest run (or of ``run_id``), the others in
+    ``others`` (unless ``others`` is False)."""
     runs = list(folder.runs)
     pick = len(runs) - 1
     if run_id is not None:
@@ -95,7 +102,8 @@ def analyze(run_dir: Path | str, rules_file: Path | None = None, *, catalog: dic
             raise NoSuchRun(f"{run_dir}: no run {run_id!r} (runs: {', '.join(ids)})")
         pick = ids.index(run_id)
     main = _analyse(runs[pick], catalog)
-    main.others = [_analyse(r, catalog) for i, r in enumerate(runs) if i != pick]
+    if others:
+        main.others = [_analyse(r, catalog) for i, r in enumerate(runs) if i != pick]
     return main
 
 

@@ -555,6 +555,32 @@ def _planned(cfg: Config, state: Parsed | None, pieces: list[lineage.Piece], log
     return None, None, None
 
 
+DATASET_KEYS = ("train_data_dir", "metadata_path", "dataset_files", "cutoff_len")
+
+
+def _cfg_key(cfg: Config, keys: tuple[str, ...]) -> tuple:
+    return tuple((k, repr(cfg.get(k)), cfg.origins[k].file if k in cfg.origins else None) for k in keys)
+
+
+def _stat_key(path: Path, rel: str) -> tuple:
+    try:
+        st = os.stat(path)
+        return rel, st.st_size, st.st_mtime_ns
+    except OSError:
+        return rel, None, None
+
+
+def _cached(cache: dict | None, key: tuple, make: Callable):
+    """make(), or what it gave for the same key last time (one entry per kind, key[0];
+    ``cache`` None: no caching)."""
+    if cache is None:
+        return make()
+    hit = cache.get(key[0])
+    if hit is None or hit[0] != key:
+        hit = cache[key[0]] = (key, make())
+    return hit[1]
+
+
 @dataclass
 class _Share:
     """What one run is built from."""
@@ -566,7 +592,7 @@ class _Share:
 
 def _assemble(run_dir: Path, name: str, share: _Share, *, latest: bool, rid: str,
               csvs: list[str], jobs: int | None, progress: bool, order: dict[int, int],
-              sample_files: list[discover.Found] = ()) -> Run:
+              sample_files: list[discover.Found] = (), cache: dict | None = None) -> Run:
     piece_parsed = [pc.parsed for pc in share.pieces]
     curve_files = [p for p in piece_parsed]
     # text logs carry curves only when nothing structured does (build_series decides)
@@ -634,8 +660,10 @@ def _assemble(run_dir: Path, name: str, share: _Share, *, latest: bool, rid: str
     ds_sources: list[Source] = []
     tb_images = any(p.images for p in everything if p.source.kind == "tfevents")
     if latest:
-        datasets, ds_sources = load_datasets(cfg0, run_dir, csvs, jobs, progress,
-                                             signatures=bool(sample_files) or tb_images)
+        signed = bool(sample_files) or tb_images
+        key = ("datasets", _cfg_key(cfg0, DATASET_KEYS), tuple(csvs), signed)
+        datasets, ds_sources = _cached(cache, key, lambda: load_datasets(
+            cfg0, run_dir, csvs, jobs, progress, signatures=signed))
     values = dict(cfg0.values)
     origins = dict(cfg0.origins)
     items, items_from = values.get("num_train_items"), None
@@ -688,8 +716,14 @@ def _assemble(run_dir: Path, name: str, share: _Share, *, latest: bool, rid: str
     samples: list[SampleImage] = []
     smp_sources: list[Source] = []
     if latest or tb_images:
-        samples, smp_sources = load_samples(cfg0, run_dir, list(sample_files) if latest else [],
-                                            everything, jobs, progress)
+        mine = list(sample_files) if latest else []
+        key = ("samples", _cfg_key(cfg0, ("sample_prompts",)), tuple(_stat_key(f.path, f.rel) for f in mine),
+               tuple((im.source, im.tag, im.step, len(im.data)) for p in everything
+                     if p.source.kind == "tfevents" for im in p.images))
+        samples, smp_sources = _cached(cache, key, lambda: load_samples(
+            cfg0, run_dir, mine, everything, jobs, progress))
+        if cache is not None:      # their steps are set below, per build: copies
+            samples = [replace(s) for s in samples]
         ep = cfg.get("epochs")
         for s in samples:
             if s.step is None and s.epoch is not None:
@@ -801,16 +835,28 @@ def _readable(parsed: list[Parsed]) -> bool:
         for p in parsed if p.source.kind == "trainer_state")
 
 
-def build_folder(run_dir: Path | str, *, jobs: int | None = None, progress: bool = False) -> Folder:
-    """Every run of a folder, oldest first (see :mod:`lorascope.lineage`)."""
-    run_dir = Path(run_dir)
+def check_folder(run_dir: Path) -> None:
+    """Unreadable unless run_dir is a directory outside /proc, /sys and /dev."""
     if not run_dir.exists():
         raise Unreadable(f"{run_dir}: no such directory")
     if not run_dir.is_dir():
         raise Unreadable(f"{run_dir}: not a directory")
     if safe_open.special(run_dir):
         raise Unreadable(f"{run_dir}: resolves into {safe_open.special(run_dir)}: never read")
-    parsed, walk_problems, files = parse_all(run_dir)
+
+
+def build_folder(run_dir: Path | str, *, jobs: int | None = None, progress: bool = False,
+                 pieces: tuple[list[Parsed], list[str], list[discover.Found]] | None = None,
+                 cache: dict | None = None) -> Folder:
+    """Every run of a folder, oldest first (see :mod:`lorascope.lineage`).
+
+    ``pieces``: what :func:`parse_all` gives, when the caller read the files itself
+    (``lorascope watch`` reads them incrementally); ``cache``: a dict kept by the caller
+    across builds of the same folder, where the datasets and sample images the run
+    names are kept while what they depend on is unchanged."""
+    run_dir = Path(run_dir)
+    check_folder(run_dir)
+    parsed, walk_problems, files = pieces if pieces is not None else parse_all(run_dir)
     name = run_dir.resolve().name or str(run_dir)
     # what the walk could not read: a folder it could not list, a link into /proc
     walked = tuple(Source(w.rel, w.kind, 0, [w.reason]) for w in walk_problems
@@ -857,7 +903,8 @@ def build_folder(run_dir: Path | str, *, jobs: int | None = None, progress: bool
             shares[i].events.extend(p.events)
     sample_files = [f for f in files if f.kind == "sample_image"]
     runs = [_assemble(run_dir, name, sh, latest=(i == latest), rid=f"run-{i + 1}", csvs=csvs,
-                      jobs=jobs, progress=progress, order=order, sample_files=sample_files)
+                      jobs=jobs, progress=progress, order=order, sample_files=sample_files,
+                      cache=cache)
             for i, sh in enumerate(shares)]
     if walked:
         runs = [replace(r, sources=tuple(r.sources) + walked) for r in runs]

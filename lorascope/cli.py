@@ -328,6 +328,52 @@ def analyze(run_dirs, fmt, html, no_html, fail_on, rules_file, jobs, run_id):
 
 
 @cli.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--interval", type=click.FloatRange(0.05, 3600), default=2.0, show_default=True,
+              help="Seconds between polls (a backup where change notifications work).")
+@click.option("--fail-on", type=click.Choice(["critical", "warning", "never"]), default="critical",
+              show_default=True, help="Exit 1 when the final report has a finding at or above this "
+                                      "severity; --on-finding fires at it.")
+@click.option("--on-finding", "on_finding", default=None, metavar="CMD",
+              help="Shell command run when a finding at or above --fail-on appears, with the "
+                   "finding as JSON on stdin (e.g. to stop the trainer or to notify).")
+@click.option("--html", "html", type=click.Path(), default=None,
+              help="Keep an HTML report at this path current.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: one JSON object per event on stdout (appeared / withdrawn / final).")
+@click.option("--rules", "rules_file", type=click.Path(), default=None,
+              help="TOML file overriding rule severities and thresholds.")
+@click.option("--idle-timeout", type=click.FloatRange(1, None), default=1800, show_default=True,
+              help="End when nothing new was written for this many seconds.")
+@click.option("--poll", is_flag=True, default=False,
+              help="Poll every --interval seconds instead of using the file system's change "
+                   "notifications (e.g. on a network file system written from another machine).")
+def watch(run_dir, interval, fail_on, on_finding, html, fmt, rules_file, idle_timeout, poll):
+    """Follow a run while it trains: print each finding as it appears."""
+    from lorascope.report.paths import ReportWriteError, check_target
+    from lorascope.rules.registry import CatalogError, load_catalog
+    from lorascope.watch import Options
+    from lorascope.watch import watch as run_watch
+    if rules_file:
+        try:
+            load_catalog(Path(rules_file))
+        except CatalogError as e:
+            _die(str(e))
+    if html:
+        try:
+            check_target(Path(html), [run_dir])
+        except ReportWriteError as e:
+            _die(str(e))
+    color = fmt == "text" and sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    opts = Options(run_dir=Path(run_dir), interval=interval, fail_on=fail_on, on_finding=on_finding,
+                   html=Path(html) if html else None, fmt=fmt,
+                   rules_file=Path(rules_file) if rules_file else None,
+                   idle_timeout=idle_timeout, settle=max(2.0, interval), color=color,
+                   notifications=not poll)
+    sys.exit(run_watch(opts))
+
+
+@cli.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def inspect(files, fmt):

@@ -312,6 +312,7 @@ class ParseFacts(TypedDict, total=False):
     session: str               # kohya ss_session_id / ss_training_started_at
     started_at: float          # kohya ss_training_started_at (seconds)
     output_name: str
+    training_finished: int     # text log: line where the trainer said its training is over
 
 
 @dataclass

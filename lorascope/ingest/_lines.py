@@ -54,63 +54,91 @@ def iter_lines(path: Path, max_line: int = MAX_LINE, max_bytes: int = MAX_BYTES,
     """Yield ``(lineno, text, cut)`` for each line: 1-based number, the text without
     its line ending (decoded as UTF-8 with replacement, BOM dropped), and whether the
     line was longer than ``max_line`` and cut.  Raises OSError only on open/read."""
-    st = stats if stats is not None else ReadStats()
-    lineno = 0
-    buf = bytearray()
-    cut = False
-    total = 0
-    first = True
-    byte_cap = max_line * 4 + 4   # a UTF-8 character is at most 4 bytes
+    yield from LineTail(max_line, max_bytes, stats).read(path, final=True)
 
-    def emit(b: bytes, was_cut: bool) -> tuple[int, str, bool]:
-        nonlocal lineno, first
-        lineno += 1
-        st.lines = lineno
-        if first:
-            first = False
+
+class LineTail:
+    """The lines of a text file read in pieces: each :meth:`read` goes on at the byte
+    after the last one read before (``lorascope watch`` follows a log its trainer is
+    still writing).  Only lines ended by a newline are yielded, unless ``final``: the
+    bytes after the last newline wait for the next read (at most ``max_line`` characters
+    of them are kept).  Line numbers, the BOM of the first line and the byte cap carry
+    over from read to read, so the lines are those :func:`iter_lines` gives."""
+
+    def __init__(self, max_line: int = MAX_LINE, max_bytes: int = MAX_BYTES,
+                 stats: ReadStats | None = None) -> None:
+        self.max_line, self.max_bytes = max_line, max_bytes
+        self.stats = stats if stats is not None else ReadStats()
+        self.offset = 0              # bytes read so far
+        self.lineno = 0
+        self.buf = bytearray()       # the start of a line not ended yet
+        self.cut = False
+        self.first = True
+        self.byte_cap = max_line * 4 + 4   # a UTF-8 character is at most 4 bytes
+
+    @property
+    def pending(self) -> bool:
+        """Bytes after the last newline (a line still being written)."""
+        return bool(self.buf) or self.cut
+
+    def _emit(self, b: bytes, was_cut: bool) -> tuple[int, str, bool]:
+        self.lineno += 1
+        st = self.stats
+        st.lines = self.lineno
+        if self.first:
+            self.first = False
             if b.startswith(b"\xef\xbb\xbf"):
                 b = b[3:]
         if b.endswith(b"\r"):
             b = b[:-1]
         text = b.decode("utf-8", errors="replace")
-        if len(text) > max_line:
-            text = text[:max_line]
+        if len(text) > self.max_line:
+            text = text[:self.max_line]
             was_cut = True
         if was_cut:
             st.long_lines += 1
-        return lineno, text, was_cut
+        return self.lineno, text, was_cut
 
-    with open_file(path) as f:
-        while True:
-            chunk = f.read(CHUNK)
-            if not chunk:
-                break
-            total += len(chunk)
-            start = 0
-            while True:
-                nl = chunk.find(b"\n", start)
-                if nl < 0:
-                    room = byte_cap - len(buf)
-                    if room > 0:
-                        buf += chunk[start:start + room]
-                    if len(chunk) - start > max(room, 0):
-                        cut = True
-                    break
-                piece = chunk[start:nl]
-                room = byte_cap - len(buf)
-                if room > 0:
-                    buf += piece[:room]
-                if len(piece) > max(room, 0):
-                    cut = True
-                yield emit(bytes(buf), cut)
-                buf.clear()
-                cut = False
-                start = nl + 1
-            if total >= max_bytes:
-                st.stopped_at_bytes = total
-                break
-    if buf or cut:
-        yield emit(bytes(buf), cut)
+    def read(self, path: Path, final: bool = False) -> Iterator[tuple[int, str, bool]]:
+        """The lines completed since the last read (and with ``final`` the last line,
+        ended or not)."""
+        buf, cap = self.buf, self.byte_cap
+        if self.stats.stopped_at_bytes is None:
+            with open_file(path) as f:
+                if self.offset:
+                    f.seek(self.offset)
+                while True:
+                    chunk = f.read(CHUNK)
+                    if not chunk:
+                        break
+                    self.offset += len(chunk)
+                    start = 0
+                    while True:
+                        nl = chunk.find(b"\n", start)
+                        if nl < 0:
+                            room = cap - len(buf)
+                            if room > 0:
+                                buf += chunk[start:start + room]
+                            if len(chunk) - start > max(room, 0):
+                                self.cut = True
+                            break
+                        piece = chunk[start:nl]
+                        room = cap - len(buf)
+                        if room > 0:
+                            buf += piece[:room]
+                        if len(piece) > max(room, 0):
+                            self.cut = True
+                        yield self._emit(bytes(buf), self.cut)
+                        buf.clear()
+                        self.cut = False
+                        start = nl + 1
+                    if self.offset >= self.max_bytes:
+                        self.stats.stopped_at_bytes = self.offset
+                        break
+        if final and (buf or self.cut):
+            yield self._emit(bytes(buf), self.cut)
+            buf.clear()
+            self.cut = False
 
 
 class ProblemLog:

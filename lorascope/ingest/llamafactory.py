@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from lorascope.ingest._lines import MAX_LINE, ProblemLog, ReadStats, iter_lines, read_bounded
+from lorascope.ingest._lines import MAX_LINE, LineTail, ProblemLog, ReadStats, read_bounded
 from lorascope.ingest._lines import json_int as _int
 from lorascope.ingest._lines import json_number as _num
 from lorascope.ingest import _json
@@ -52,104 +52,135 @@ def _changes(points: list[tuple[float, int]]) -> list[tuple[float, int]]:
 def parse(path: Path, rel: str) -> Parsed:
     """``trainer_log.jsonl`` -> RawSeries ``loss``, ``eval_loss``, ``learning_rate``,
     ``epoch`` and any other numeric field under its own name."""
-    src = Source(path=rel, kind="trainer_log")
-    parsed = Parsed(source=src)
-    parsed.facts["trainer"] = "llamafactory"
-    parsed.facts["task"] = "llm"
-    bad = ProblemLog()
-    points: dict[str, tuple[array, array, array]] = {}    # compact: 24 bytes a point
-    total_steps: list[int] = []
-    planned_at: list[tuple[float, int]] = []
-    last_step: int | None = None
-    decreases = 0
-    elapsed = None
-    stats = ReadStats()
-    epoch_seen: set[int] = set()
-    records = 0
-    try:
-        for lineno, line, cut in iter_lines(path, MAX_LINE, stats=stats):
-            if not line.strip():
+    r = Reader(rel)
+    r.read(path, final=True)
+    return r.parsed()
+
+
+class Reader:
+    """``trainer_log.jsonl`` read incrementally: each :meth:`read` parses the lines
+    appended since the last one (a line still being written waits for the next read),
+    :meth:`parsed` gives what was read so far (``lorascope watch``)."""
+
+    def __init__(self, rel: str) -> None:
+        self.rel = rel
+        self.bad = ProblemLog()
+        self.points: dict[str, tuple[array, array, array]] = {}    # compact: 24 bytes a point
+        self.total_steps: list[int] = []
+        self.planned_at: list[tuple[float, int]] = []
+        self.last_step: int | None = None
+        self.decreases = 0
+        self.elapsed = None
+        self.stats = ReadStats()
+        self.tail = LineTail(MAX_LINE, stats=self.stats)
+        self.epoch_seen: set[int] = set()
+        self.records = 0
+        self.error: str | None = None
+
+    def read(self, path: Path, final: bool = False) -> bool:
+        """Parse the lines appended since the last read; True when records were added."""
+        before = self.records
+        try:
+            for lineno, line, cut in self.tail.read(path, final=final):
+                self._line(lineno, line, cut)
+        except OSError as e:
+            self.error = f"cannot read ({e.strerror or e})"
+        return self.records > before
+
+    def _line(self, lineno: int, line: str, cut: bool) -> None:
+        bad = self.bad
+        if not line.strip():
+            return
+        if cut:
+            bad.add(f"line {lineno}: longer than {MAX_LINE} characters, skipped")
+            return
+        try:
+            obj = _json.loads(line)
+        except _json.NestedTooDeep as e:
+            bad.add(f"line {lineno}: {e}")
+            return
+        except ValueError:
+            bad.add(f"line {lineno}: not a JSON object (truncated or garbage)")
+            return
+        if not isinstance(obj, dict):
+            bad.add(f"line {lineno}: JSON {type(obj).__name__}, not an object")
+            return
+        step = _int(obj.get("current_steps"))
+        if step is None or step < 0:
+            bad.add(f"line {lineno}: no valid current_steps")
+            return
+        self.records += 1
+        if self.last_step is not None and step < self.last_step:
+            self.decreases += 1
+            self.epoch_seen = set()            # a training appended after another
+        self.last_step = step
+        ts = _int(obj.get("total_steps"))
+        if ts is not None and ts > 0:
+            if not self.total_steps or self.total_steps[-1] != ts:
+                self.total_steps.append(ts)
+            # per line, for a file two trainings appended to (build cuts it by line)
+            self.planned_at.append((float(lineno), ts))
+        el = duration_seconds(obj.get("elapsed_time"))
+        if el is not None:
+            self.elapsed = el
+        has_lr = "learning_rate" in obj
+        for k, val in obj.items():
+            if k in SKIP_KEYS:
                 continue
-            if cut:
-                bad.add(f"line {lineno}: longer than {MAX_LINE} characters, skipped")
+            v = _num(val)
+            if v is None:
+                if val is not None and not isinstance(val, str):
+                    bad.add(f"line {lineno}: {k} is {type(val).__name__}, not a number")
                 continue
-            try:
-                obj = _json.loads(line)
-            except _json.NestedTooDeep as e:
-                bad.add(f"line {lineno}: {e}")
-                continue
-            except ValueError:
-                bad.add(f"line {lineno}: not a JSON object (truncated or garbage)")
-                continue
-            if not isinstance(obj, dict):
-                bad.add(f"line {lineno}: JSON {type(obj).__name__}, not an object")
-                continue
-            step = _int(obj.get("current_steps"))
-            if step is None or step < 0:
-                bad.add(f"line {lineno}: no valid current_steps")
-                continue
-            records += 1
-            if last_step is not None and step < last_step:
-                decreases += 1
-                epoch_seen = set()            # a training appended after another
-            last_step = step
-            ts = _int(obj.get("total_steps"))
-            if ts is not None and ts > 0:
-                if not total_steps or total_steps[-1] != ts:
-                    total_steps.append(ts)
-                # per line, for a file two trainings appended to (build cuts it by line)
-                planned_at.append((float(lineno), ts))
-            el = duration_seconds(obj.get("elapsed_time"))
-            if el is not None:
-                elapsed = el
-            has_lr = "learning_rate" in obj
-            for k, val in obj.items():
-                if k in SKIP_KEYS:
-                    continue
-                v = _num(val)
-                if v is None:
-                    if val is not None and not isinstance(val, str):
-                        bad.add(f"line {lineno}: {k} is {type(val).__name__}, not a number")
-                    continue
-                tag = "learning_rate" if (k == "lr" and not has_lr) else k
-                if tag == "epoch":
-                    if step in epoch_seen:
-                        continue      # the closing line repeats the last step's epoch
-                    epoch_seen.add(step)
-                cols = points.get(tag)
-                if cols is None:
-                    cols = points[tag] = (array("q"), array("d"), array("q"))
-                s, vs, ls = cols
-                s.append(step)
-                vs.append(v)
-                ls.append(lineno)
-    except OSError as e:
-        src.problems.append(f"cannot read ({e.strerror or e})")
-    if stats.stopped_at_bytes:
-        src.problems.append(f"only the first {stats.stopped_at_bytes} bytes were read")
-    if stats.lines == 0 or (records == 0 and not bad.kept):
-        src.problems.append("empty file")
-    src.records = records
-    src.problems.extend(bad.out())
-    f = parsed.facts
-    if total_steps:
-        f["planned_steps"] = total_steps[-1]
-        if len(set(total_steps)) > 1:
-            f["total_steps_values"] = total_steps[:20]
-            f["planned_at"] = _changes(planned_at)
-    if last_step is not None:
-        f["last_logged_step"] = last_step
-    if decreases:
-        f["step_decreases"] = decreases      # interleaved writers or a restarted run
-    if elapsed is not None:
-        f["elapsed_seconds"] = elapsed
-    if records and "loss" not in points and "eval_loss" not in points:
-        f["no_loss_logged"] = True
-    for tag, (s, v, ln) in points.items():
-        parsed.series.append(RawSeries(tag=tag, steps=np.asarray(s, dtype=np.int64),
-                                       values=np.asarray(v, dtype=np.float64), source=rel,
-                                       positions=np.asarray(ln, dtype=np.float64)))
-    return parsed
+            tag = "learning_rate" if (k == "lr" and not has_lr) else k
+            if tag == "epoch":
+                if step in self.epoch_seen:
+                    continue      # the closing line repeats the last step's epoch
+                self.epoch_seen.add(step)
+            cols = self.points.get(tag)
+            if cols is None:
+                cols = self.points[tag] = (array("q"), array("d"), array("q"))
+            s, vs, ls = cols
+            s.append(step)
+            vs.append(v)
+            ls.append(lineno)
+
+    def parsed(self) -> Parsed:
+        """What was read so far (copies: reading may go on)."""
+        rel, stats, records = self.rel, self.stats, self.records
+        src = Source(path=rel, kind="trainer_log")
+        parsed = Parsed(source=src)
+        parsed.facts["trainer"] = "llamafactory"
+        parsed.facts["task"] = "llm"
+        if self.error:
+            src.problems.append(self.error)
+        if stats.stopped_at_bytes:
+            src.problems.append(f"only the first {stats.stopped_at_bytes} bytes were read")
+        if stats.lines == 0 or (records == 0 and not self.bad.kept):
+            src.problems.append("empty file")
+        src.records = records
+        src.problems.extend(self.bad.out())
+        f = parsed.facts
+        total_steps = self.total_steps
+        if total_steps:
+            f["planned_steps"] = total_steps[-1]
+            if len(set(total_steps)) > 1:
+                f["total_steps_values"] = total_steps[:20]
+                f["planned_at"] = _changes(self.planned_at)
+        if self.last_step is not None:
+            f["last_logged_step"] = self.last_step
+        if self.decreases:
+            f["step_decreases"] = self.decreases      # interleaved writers or a restarted run
+        if self.elapsed is not None:
+            f["elapsed_seconds"] = self.elapsed
+        if records and "loss" not in self.points and "eval_loss" not in self.points:
+            f["no_loss_logged"] = True
+        for tag, (s, v, ln) in self.points.items():
+            # copies (np.array), never views: the arrays grow on with the next read
+            parsed.series.append(RawSeries(tag=tag, steps=np.array(s, dtype=np.int64),
+                                           values=np.array(v, dtype=np.float64), source=rel,
+                                           positions=np.array(ln, dtype=np.float64)))
+        return parsed
 
 
 def parse_results(path: Path, rel: str) -> Parsed:

@@ -18,6 +18,7 @@ cuDNN factory" lines are not errors, and out-of-memory means ``CUDA out of memor
 """
 from __future__ import annotations
 
+import copy
 import math
 import re
 from array import array
@@ -26,7 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from lorascope.ingest._lines import MAX_LINE, ReadStats, iter_lines
+from lorascope.ingest._lines import MAX_LINE, LineTail, ReadStats
 from lorascope.model import ConfigValue, LogEvent, Parsed, RawSeries, Source
 from lorascope.trainers import hf_trainer, kohya, lora_scripts
 
@@ -199,6 +200,8 @@ SAVE_RE = re.compile(r"Saving model checkpoint to \S*checkpoint-(\d+)")
 # -- run shape the log reveals ------------------------------------------------------------
 # what each trainer's banner says about the run's shape (lorascope.trainers.<name>)
 HF_SHAPE = hf_trainer.LOG_SHAPE + kohya.LOG_SHAPE
+# the lines a trainer prints when its training is over
+END_LINES = (hf_trainer.LOG_END, kohya.LOG_END)
 PLANNED_RES = (hf_trainer.LOG_PLANNED, kohya.LOG_PLANNED)
 
 
@@ -279,6 +282,7 @@ class _State:
         self.tb_len = 0
         self.report: tuple | None = None           # open LOAD REPORT: (line, text, model, missing, path)
         self.trainer: str | None = None
+        self.finished: int | None = None          # line of the trainer's "training is over"
 
     # -- one line ---------------------------------------------------------------------
     def line(self, lineno: int, line: str) -> None:
@@ -301,6 +305,8 @@ class _State:
             self._misc(lineno, line)
         if "{'" in line:
             self._dicts(lineno, line)
+        if ("completed" in low or "model saved" in low) and any(e in line for e in END_LINES):
+            self.finished = lineno
         if "avr_loss=" in line:
             for bm in KOHYA_BAR_RE.finditer(line):
                 v = _float(bm.group(3))
@@ -420,18 +426,54 @@ class _State:
 
 
 def parse(path: Path, rel: str) -> Parsed:
+    r = Reader(rel)
+    r.read(path, final=True)
+    return r.parsed(final=True)
+
+
+class Reader:
+    """A text log read incrementally: each :meth:`read` parses the lines appended since
+    the last one (a line still being written waits), :meth:`parsed` gives what was read
+    so far without ending the reading (``lorascope watch``); ``parse`` is one read and
+    one final ``parsed``."""
+
+    def __init__(self, rel: str) -> None:
+        self.rel = rel
+        self.st = _State(rel)
+        self.stats = ReadStats()
+        self.tail = LineTail(MAX_LINE, stats=self.stats)
+        self.error: str | None = None
+
+    def read(self, path: Path, final: bool = False) -> bool:
+        """Parse the lines appended since the last read; True when lines were added."""
+        before = self.stats.lines
+        try:
+            for lineno, raw, _cut in self.tail.read(path, final=final):
+                line = _clean(raw)
+                if line.strip():
+                    self.st.line(lineno, line)
+        except OSError as e:
+            self.error = f"cannot read ({e.strerror or e})"
+        return self.stats.lines > before
+
+    def parsed(self, final: bool = False) -> Parsed:
+        """What was read so far.  ``final``: the log is complete (an open traceback or
+        load report is closed for good); else they are closed on a copy."""
+        if final:
+            st = self.st
+        else:
+            st = copy.copy(self.st)
+            ev = st.ev = copy.copy(self.st.ev)
+            ev.events, ev.counts = list(ev.events), dict(ev.counts)
+        st.finish()
+        return _result(st, self.stats, self.rel, self.error)
+
+
+def _result(st: "_State", stats: ReadStats, rel: str, error: str | None) -> Parsed:
     src = Source(path=rel, kind=KIND)
     parsed = Parsed(source=src)
-    st = _State(rel)
-    stats = ReadStats()
-    try:
-        for lineno, raw, _cut in iter_lines(path, MAX_LINE, stats=stats):
-            line = _clean(raw)
-            if line.strip():
-                st.line(lineno, line)
-    except OSError as e:
-        src.problems.append(f"cannot read ({e.strerror or e})")
-    st.finish()
+    if error:
+        src.problems.append(error)
     ev = st.ev
 
     if stats.lines == 0:
@@ -475,6 +517,8 @@ def parse(path: Path, rel: str) -> Parsed:
         f["planned_steps"] = planned
     if st.views:
         f["train_views"] = st.views
+    if st.finished is not None:
+        f["training_finished"] = st.finished
     for key, (v, orig) in st.shape.items():
         if v > 0:
             parsed.config.append(ConfigValue(key, v, rel, orig))

@@ -253,18 +253,82 @@ def parse(path: Path, rel: str, *, verify_data_crc: bool = False,
     ``verify_data_crc`` also checks each record's data CRC (slower); ``fast_path=False``
     decodes every record with protobuf (reference behaviour, slow).
     """
-    src = Source(path=rel, kind="tfevents")
-    st = _State(rel)
-    try:
-        f = open_file(path)
-    except OSError as e:
-        src.problems.append(f"cannot open: {e.strerror or e}")
-        return Parsed(source=src)
-    with f:
+    r = Reader(rel, verify_data_crc=verify_data_crc, fast_path=fast_path, chunk_size=chunk_size)
+    r.read(path)
+    return r.parsed(final=True, keep=False)
+
+
+class Reader:
+    """One event file read incrementally: each :meth:`read` goes on from the end of the
+    last complete record read before, with the columns and counters of the reads before
+    (``lorascope watch`` follows a file its trainer is still writing).  A record cut at
+    the end of the file is left for the next read; :meth:`parsed` with ``final=True``
+    calls it a truncated final record.  A bad length CRC or an absurd length ends the
+    reading of the file for good (nothing after it can be framed)."""
+
+    def __init__(self, rel: str, *, verify_data_crc: bool = False, fast_path: bool = True,
+                 chunk_size: int = CHUNK) -> None:
+        self.rel = rel
+        self.st = _State(rel)
+        self.src = Source(path=rel, kind="tfevents")
+        self.offset = 0                 # end of the last complete record read
+        self.pending = False            # bytes after `offset`: a record still being written
+        self.broken: str | None = None  # why reading stopped for good
+        self.size = 0
+        self._opts = (bool(verify_data_crc), bool(fast_path), max(int(chunk_size), 64))
+
+    def read(self, path: Path) -> bool:
+        """Read what was appended since the last call; True when records were added."""
+        if self.broken is not None:
+            return False
+        before = self.st.records
         try:
-            _read(f, st, src, verify_data_crc, fast_path, max(int(chunk_size), 64))
+            f = open_file(path)
         except OSError as e:
-            src.problems.append(f"read error: {e.strerror or e}")
+            self.broken = f"cannot open: {e.strerror or e}"
+            return False
+        with f:
+            try:
+                size = os.fstat(f.fileno()).st_size
+                self.size = size
+                if size > self.offset:
+                    win = _ReadWindows(f, size, self.offset)
+                    self.offset, self.pending, self.broken = _read_windows(
+                        win, size, self.st, *self._opts, base=self.offset)
+                else:
+                    self.pending = False
+            except OSError as e:
+                self.broken = f"read error: {e.strerror or e}"
+        return self.st.records > before
+
+    def parsed(self, final: bool = True, keep: bool = True) -> Parsed:
+        """What was read so far as a :class:`Parsed`.  ``final``: the file is complete
+        (a record cut at its end is a problem); ``keep``: copy the columns, reading goes
+        on (without it the columns are handed over and this reader is spent)."""
+        st = self.st
+        src = Source(path=self.rel, kind="tfevents")
+        if self.size == 0 and self.broken is None:
+            src.problems.append("empty file")
+        if self.broken is not None:
+            src.problems.append(self.broken)
+        elif final and self.pending:
+            src.problems.append("truncated final record")
+        _problems(st, src)
+        src.records = st.records
+        series = []
+        for tag, acc in st.accs.items():
+            if keep:
+                n = acc.n
+                steps, values, walls = acc.steps[:n].copy(), acc.values[:n].copy(), acc.walls[:n].copy()
+            else:
+                steps, values, walls = acc.finish()
+            series.append(RawSeries(tag=tag, steps=steps, values=values, source=self.rel,
+                                    wall_times=walls))
+        images = [im for lst in st.images.values() for im in lst]
+        return Parsed(source=src, series=series, facts=dict(st.facts), images=images)
+
+
+def _problems(st: _State, src: Source) -> None:
     if st.undecodable:
         src.problems.append(f"{st.undecodable} records could not be decoded")
     if st.bad_data_crc:
@@ -282,23 +346,17 @@ def parse(path: Path, rel: str, *, verify_data_crc: bool = False,
     if st.images_too_large:
         src.problems.append(f"{st.images_too_large} images larger than {MAX_IMAGE_BYTES >> 20} MiB "
                             "were not read")
-    src.records = st.records
-    series = []
-    for tag, acc in st.accs.items():
-        steps, values, walls = acc.finish()
-        series.append(RawSeries(tag=tag, steps=steps, values=values, source=rel,
-                                wall_times=walls))
-    images = [im for lst in st.images.values() for im in lst]
-    return Parsed(source=src, series=series, facts=st.facts, images=images)
 
 
 class _ReadWindows:
     """Windows of the file by plain reads: the bytes from ``base``, at least ``want`` of
     them unless the file ends first."""
 
-    def __init__(self, f, size: int) -> None:
+    def __init__(self, f, size: int, start: int = 0) -> None:
         self.f, self.size = f, size
-        self.buf, self.off, self.eof = b"", 0, False
+        self.buf, self.off, self.eof = b"", start, False
+        if start:
+            f.seek(start)
 
     def window(self, base: int, want: int) -> tuple[bytes, bool]:
         if base > self.off:
@@ -318,22 +376,11 @@ class _ReadWindows:
         pass
 
 
-def _read(f, st: _State, src: Source, verify_data_crc: bool, fast_path: bool,
-          chunk_size: int) -> None:
-    size = os.fstat(f.fileno()).st_size
-    if size == 0:
-        src.problems.append("empty file")
-        return
-    win = _ReadWindows(f, size)
-    try:
-        _read_windows(win, size, st, src, verify_data_crc, fast_path, chunk_size)
-    finally:
-        win.close()
-
-
-def _read_windows(win, size: int, st: _State, src: Source, verify_data_crc: bool,
-                  fast_path: bool, chunk_size: int) -> None:
-    base = 0            # file offset of the window
+def _read_windows(win, size: int, st: _State, verify_data_crc: bool, fast_path: bool,
+                  chunk_size: int, base: int = 0) -> tuple[int, bool, str | None]:
+    """Frames and decodes records from file offset ``base`` on.  Returns the offset
+    after the last complete record, whether bytes of a further (cut) record follow it,
+    and why reading must stop for good (a bad length CRC, an absurd length), or None."""
     want = chunk_size   # window length wanted; more when one record needs it
     while True:
         buf, eof = win.window(base, want)
@@ -361,16 +408,15 @@ def _read_windows(win, size: int, st: _State, src: Source, verify_data_crc: bool
                 elif n > MAX_RECORD:
                     stop = f"absurd record length {n} at byte offset {base + pos}"
                 elif eof or base + pos + _FRAME + n > size:
-                    stop = "truncated final record"
+                    return base + pos, True, None
                 else:        # bounded by MAX_RECORD and by the file size
                     want = max(chunk_size, _FRAME + n)
             elif eof and left:
-                stop = "truncated final record"
+                return base + pos, True, None
         if stop is not None:
-            src.problems.append(stop)
-            return
+            return base + pos, False, stop
         if eof and pos >= len(buf):
-            return
+            return base + pos, False, None
         base += pos
         win.advance(base)
 

@@ -120,6 +120,8 @@ LOG_SHAPE = [
 ]
 LOG_PLANNED = re.compile(rf"Total optimization steps = ({_N})")
 LOG_BANNER = "***** Running training *****"
+# printed when train() returns: the training is over (lorascope watch stops on it)
+LOG_END = "Training completed. Do not forget to share your model"
 
 # -- file naming ---------------------------------------------------------------------------
 CHECKPOINT_DIR_RE = re.compile(r"^checkpoint-(\d+)$")

@@ -408,6 +408,8 @@ LOG_VIEWS = re.compile(rf"num train images \* repeats / \S+: ({_N})")
 # the tqdm bar: "steps:  40%|████  | 120/300 [00:30<00:45, avr_loss=0.123]"
 LOG_BAR = re.compile(r"(\d{1,12})/(\d{1,12}) \[[^\]\r]*?avr_loss=([-+0-9.eE]+|nan|inf)")
 LOG_TRAINER = ("学習開始", "sd-scripts")
+# train_network.py after its last save: the training is over (lorascope watch stops on it)
+LOG_END = "model saved."
 
 # -- file naming -------------------------------------------------------------------------
 EPOCH_FILE_RE = re.compile(r"-(\d{6})$")             # <output_name>-000005
