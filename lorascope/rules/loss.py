@@ -331,7 +331,11 @@ def loss_plateau(run: Run, p: Params) -> list[Finding]:
           f"(noise of one point {fmt(100 * d['sigma'])}%)"]
     if run.task == "sd":
         ev.append("diffusion LoRA losses are dominated by the random timestep and often stay flat in healthy runs")
-    title = f"Loss never decreased: {fmt(e.before)} at the start, {fmt(e.peak_level)} at its best"
+    if d["noisy"]:      # it fell by min_decrease or more, but not clearly beyond its noise
+        title = (f"Loss fell only {fmt(100 * (1 - math.exp(-drop)))}%, within its noise: "
+                 f"{fmt(e.before)} at the start, {fmt(e.peak_level)} at its best")
+    else:
+        title = f"Loss never decreased: {fmt(e.before)} at the start, {fmt(e.peak_level)} at its best"
     # the fix follows the run's evidence: a learning-rate change cannot help a model whose
     # pretrained weights never loaded or an adapter with nothing trainable in it
     fix: dict = {}
