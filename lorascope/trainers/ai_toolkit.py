@@ -41,7 +41,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from lorascope.trainers import DataCount, Layout, Plan
+from lorascope.trainers import DataCount, Layout, Plan, _walk
 from lorascope.trainers._keys import (Key, Out, enum_str, lower_str, parse_resolution, to_bool,
                                       to_float, to_int, to_number, to_str)
 
@@ -85,15 +85,7 @@ def process(doc: dict) -> dict | None:
 
 
 def get(doc: Any, dotted: str) -> Any:
-    node = doc
-    for p in dotted.split("."):
-        if isinstance(node, dict) and p in node:
-            node = node[p]
-        elif isinstance(node, list) and p.isdigit() and int(p) < len(node):
-            node = node[int(p)]
-        else:
-            return None
-    return node
+    return _walk(doc, dotted.split("."))
 
 
 def detect(doc: dict, flat: dict, rel: str) -> bool:

@@ -30,7 +30,6 @@ the number of packed batches depends on the token lengths, so no count is made.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from lorascope.trainers import DataCount, Layout, Plan, hf_trainer
@@ -108,11 +107,7 @@ def planned(cfg: dict, data: DataCount) -> Plan | None:
         return Plan(ms, f"max_steps {ms}") if ms and ms > 0 else None
     n = data.items
     if n and not data.split:
-        vs = to_float(cfg.get("val_size"))
-        if vs and 0 < vs < 1:
-            n = n - math.ceil(vs * n)
-        elif vs and vs >= 1:
-            n = n - int(vs)
+        n = hf_trainer.minus_val_size(n, cfg.get("val_size"))
     return hf_trainer.planned(cfg, data, train_items=n)
 
 

@@ -72,6 +72,17 @@ def read(out: Out, doc: dict, flat: dict, facts: dict, path: Path, rel: str) -> 
     read_common(out, flat)
 
 
+def minus_val_size(n: int, val_size) -> int:
+    """The records left for training when ``val_size`` of n are held out: a fraction takes
+    ``ceil(val_size x n)``, a count of 1 or more takes that many (LLaMA-Factory, axolotl)."""
+    vs = to_float(val_size)
+    if vs and 0 < vs < 1:
+        return n - math.ceil(vs * n)
+    if vs and vs >= 1:
+        return n - int(vs)
+    return n
+
+
 def planned(cfg: dict, data: DataCount, train_items: int | None = None) -> Plan | None:
     ms = to_int(cfg.get("max_steps"))
     if ms and ms > 0:

@@ -10,7 +10,6 @@ LLaMA-Factory passes the TrainingArguments keys through to HF ``Trainer``
 """
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path, PurePosixPath
 
@@ -112,11 +111,7 @@ def planned(cfg: dict, data: DataCount) -> Plan | None:
         cap = to_int(cfg.get("max_samples"))
         if cap and cap > 0:
             n = min(n, cap)
-        vs = to_float(cfg.get("val_size"))
-        if vs and 0 < vs < 1:
-            n = n - math.ceil(vs * n)
-        elif vs and vs >= 1:
-            n = n - int(vs)
+        n = hf_trainer.minus_val_size(n, cfg.get("val_size"))
     return hf_trainer.planned(cfg, data, train_items=n)
 
 
