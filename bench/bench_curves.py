@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import curvecorpus as cc  # noqa: E402
-from lorascope.analyze import run_rules  # noqa: E402
+from lorascope.pipeline import run_rules  # noqa: E402
 from lorascope.diagnose import diagnose  # noqa: E402
 from lorascope.rules.registry import load_catalog  # noqa: E402
 
@@ -120,7 +120,7 @@ def main() -> int:
     for p in props[:20]:
         print("  ", p)
     if not args.no_real:
-        from lorascope.analyze import analyze
+        from lorascope.pipeline import analyze
         rp = []
         t1 = time.perf_counter()
         dirs = real_runs()

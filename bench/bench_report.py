@@ -58,7 +58,7 @@ def make_run(d: Path, n: int, seed: int = 0, lr: float = 1e-4, spike: float = 0.
 
 def render_ms(run: Path, repeats: int = 15) -> tuple[float, float, int]:
     """(analysis s, median render ms, page bytes) for one run, in this process."""
-    from lorascope.analyze import analyze, report_document
+    from lorascope.pipeline import analyze, report_document
     from lorascope.report.html import render_html
     t = time.perf_counter()
     a = analyze(run)
@@ -210,7 +210,7 @@ def main() -> None:
 
         # 4. the long run's page in a browser
         if not args.no_browser and shutil.which("chromium"):
-            from lorascope.analyze import analyze, report_document
+            from lorascope.pipeline import analyze, report_document
             from lorascope.report.html import write_html
             a = analyze(long_run)
             page = write_html(a, report_document(a), tmp / "long.html")

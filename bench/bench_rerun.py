@@ -30,7 +30,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
-    from lorascope.analyze import analyze
+    from lorascope.pipeline import analyze
     from lorascope.rerun import backend_hf
     from lorascope.rerun.plan import find_checkpoints, Plan
 

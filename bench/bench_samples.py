@@ -31,7 +31,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lorascope.analyze import run_rules  # noqa: E402
+from lorascope.pipeline import run_rules  # noqa: E402
 from lorascope.build import build_run  # noqa: E402
 from lorascope.imagesim import signature  # noqa: E402
 from lorascope.ingest.samples import features, image_features  # noqa: E402

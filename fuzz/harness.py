@@ -275,7 +275,7 @@ def html(data: bytes) -> None:
 
     import numpy as np
 
-    from lorascope.analyze import Analysis
+    from lorascope.pipeline import Analysis
     from lorascope.model import Cause, Config, ConfigValue, DataItem, Dataset, Finding, Run, Series, Source, StepInfo
     from lorascope.report.charts import sweep_curve
     from lorascope.report.html import render_html, write_index

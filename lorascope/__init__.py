@@ -17,8 +17,6 @@ def __getattr__(name: str):
         from lorascope.api import load
         return load
     if name == "analyze":
-        # the pipeline module lorascope.analyze is callable as the API function (see the
-        # end of lorascope/analyze.py): importing it binds it here, whichever came first
-        import lorascope.analyze as module
-        return module
+        from lorascope.api import analyze
+        return analyze
     raise AttributeError(f"module 'lorascope' has no attribute {name!r}")

@@ -28,7 +28,7 @@ import numpy as np
 if TYPE_CHECKING:                    # pragma: no cover
     import pandas as pd
 
-    from lorascope.analyze import Analysis
+    from lorascope.pipeline import Analysis
     from lorascope.model import Run
 
 SCALAR_COLUMNS = ("run", "source", "tag", "step", "wall_time", "value")
@@ -140,7 +140,7 @@ def load(path: str | Path, *, run: str | None = None) -> RunData:
     normalized settings) and ``.run`` (the typed :class:`lorascope.model.Run`).  A folder
     holding several runs has them all in ``.scalars`` and ``.checkpoints`` (column
     ``run``); ``.run`` is the latest, or the one ``run`` names (``"run-1"`` ...)."""
-    from lorascope.analyze import NoSuchRun
+    from lorascope.pipeline import NoSuchRun
     from lorascope.build import build_folder
     folder = build_folder(path)
     runs = list(folder.runs)
@@ -171,7 +171,7 @@ class Report:
     """A run's post-mortem (see :func:`analyze`)."""
 
     def __init__(self, analysis: "Analysis"):
-        from lorascope.analyze import report_document
+        from lorascope.pipeline import report_document
         self.analysis = analysis
         self.run: "Run" = analysis.run
         self.document: dict = report_document(analysis)     # the CONTRACT §2 JSON document
@@ -225,5 +225,5 @@ def analyze(path: str | Path, *, rules: str | Path | None = None, run: str | Non
     DataFrame), ``.document`` (the JSON report), ``.run``; ``to_html()`` / ``save_html()``;
     in Jupyter it shows the post-mortem inline.  ``rules``: a TOML file overriding rule
     severities and thresholds; ``run``: which run of a folder holding several."""
-    from lorascope.analyze import analyze as _analyze
+    from lorascope.pipeline import analyze as _analyze
     return Report(_analyze(path, Path(rules) if rules else None, run_id=run))

@@ -60,7 +60,7 @@ def _analyze_one(args: tuple) -> tuple:
     Run itself never leaves the worker)."""
     run_dir, rules_file, html_target, progress, run_id = args[:5]
     jobs = args[5] if len(args) > 5 else None
-    from lorascope.analyze import NoSuchRun, analyze, report_document
+    from lorascope.pipeline import NoSuchRun, analyze, report_document
     from lorascope.build import Unreadable
     from lorascope.rules.registry import CatalogError
     try:
@@ -110,7 +110,7 @@ def _inside(target: Path, run_dir: Path) -> bool:
         return False
 
 
-PRELOAD = ("lorascope.analyze", "lorascope.signals", "lorascope.imagesim", "lorascope.report.html",
+PRELOAD = ("lorascope.pipeline", "lorascope.signals", "lorascope.imagesim", "lorascope.report.html",
            "lorascope.report.charts", "lorascope.report.sweep", "scipy.ndimage", "scipy.stats",
            "ruptures", "yaml", "PIL.Image")
 

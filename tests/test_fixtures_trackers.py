@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from helpers import FIXTURES, fixture_run
-from lorascope.analyze import analyze
+from lorascope.pipeline import analyze
 
 
 def _variant(tmp_path: Path, name: str, label: str, drop: list[str]) -> Path:

@@ -21,7 +21,7 @@ RUNS = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir()) if FIXTURES.is_d
 
 
 def _document(name: str) -> dict:
-    from lorascope.analyze import analyze, report_document
+    from lorascope.pipeline import analyze, report_document
     doc = report_document(analyze(FIXTURES / name))
     doc["tool"]["version"] = "*"             # not the glue: the release
     doc["run"]["path"] = name                # where the checkout lies

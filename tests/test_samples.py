@@ -15,7 +15,7 @@ from PIL import Image
 from helpers import ROOT, fixture_run, lorascope
 from ingest.test_dataset import bomb_png
 from lorascope import imagesim
-from lorascope.analyze import run_rules
+from lorascope.pipeline import run_rules
 from lorascope.build import build_run
 from lorascope.discover import classify
 from lorascope.ingest import samples as smp

@@ -19,7 +19,7 @@ PREFERENCE = {"hf-agent-redteam", "hf-chaos-economy", "lf-360-grpo", "trl-grpo-t
 def reports():
     if not RUNS:
         pytest.skip("../shared/wild-runs is not present")
-    from lorascope.analyze import analyze, report_document
+    from lorascope.pipeline import analyze, report_document
     out = {}
     for name in RUNS:
         out[name] = report_document(analyze(WILD / name))

@@ -183,7 +183,7 @@ class WatchProc:
 def first_showing(run_dir: Path, rule: str, firm: bool = False) -> int | None:
     """The first step from which ``rule`` shows (``firm``: not provisional) when the run
     is judged on its points up to that step, as `watch` judges it."""
-    from lorascope.analyze import _analyse
+    from lorascope.pipeline import _analyse
     from lorascope.build import build_run
     from lorascope.rules.registry import load_catalog
     from lorascope.watch.live import live_findings

@@ -44,7 +44,7 @@ def _fresh_dir(p: Path) -> Path:
 def execute(run_dir: str, *, from_step=None, steps=None, device="auto", out=None, cmd=None,
             rule_id=None, baseline=False) -> tuple[dict, Plan, dict]:
     """Everything but printing: returns (document, plan, extra for the HTML report)."""
-    from lorascope.analyze import analyze
+    from lorascope.pipeline import analyze
     from lorascope.build import Unreadable
     from lorascope.rerun import verify
 

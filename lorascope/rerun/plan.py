@@ -1,6 +1,6 @@
 """What to replay: the diagnosis, the checkpoint before its onset, the window, the fix.
 
-No torch here: planning reads only the :class:`~lorascope.analyze.Analysis` and the
+No torch here: planning reads only the :class:`~lorascope.pipeline.Analysis` and the
 run directory listing, so a plan (and its errors) comes back in well under a second.
 """
 from __future__ import annotations

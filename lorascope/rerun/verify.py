@@ -46,7 +46,7 @@ def findings_in_window(out_dir: Path, start: int, end: int,
     (findings without a step are about settings, not the replayed curve)."""
     import numpy as np
 
-    from lorascope.analyze import Analysis, run_rules
+    from lorascope.pipeline import Analysis, run_rules
     from lorascope.build import Unreadable, build_run
     from lorascope.diagnose import diagnose
     from lorascope.rules.registry import load_catalog

@@ -216,7 +216,7 @@ class Watch:
 
     # -- analysis --------------------------------------------------------------------
     def _analyse(self, final: bool, others: bool):
-        from lorascope.analyze import analyse_folder
+        from lorascope.pipeline import analyse_folder
         from lorascope.build import Unreadable, build_folder
         pieces = self.follower.pieces(final)
         try:
@@ -243,7 +243,7 @@ class Watch:
             self._html(replace(a, findings=shown))
 
     def _html(self, a) -> bool:
-        from lorascope.analyze import report_document
+        from lorascope.pipeline import report_document
         from lorascope.report.html import write_html
         from lorascope.report.paths import ReportWriteError
         self.html_at = time.monotonic()
@@ -336,7 +336,7 @@ class Watch:
         analysis would otherwise pay for every import the curve stage makes on first use
         (about a second), and the first symptom would wait for it."""
         import numpy as np
-        from lorascope.analyze import _analyse
+        from lorascope.pipeline import _analyse
         from lorascope.model import Run, Series
         steps = np.arange(1, 201, dtype=np.int64)
         noise = np.random.default_rng(0).normal(0, 0.05, 200)
@@ -414,7 +414,7 @@ class Watch:
 
     def _finish(self, end: End) -> int:
         final = end.kind in ("finished", "idle")
-        from lorascope.analyze import report_document
+        from lorascope.pipeline import report_document
         try:
             self.follower.walk()
             self.follower.poll(final=final)

@@ -189,7 +189,7 @@ def test_a_run_that_crashes_the_analysis_or_its_worker(tmp_path, monkeypatch):
     """A bug in one run's analysis (an exception), or a worker killed under it (the OOM
     killer): that run is listed under `errors`, every other run is reported."""
     import signal
-    import lorascope.analyze as an
+    import lorascope.pipeline as an
     real = an.build_folder
 
     def build_folder(run_dir, **kw):

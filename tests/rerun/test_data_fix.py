@@ -152,7 +152,7 @@ def test_dataset_toml_image_dir_is_pointed_at_the_filtered_copy(tmp_path):
     import numpy as np
     import tomli_w
 
-    from lorascope.analyze import analyze
+    from lorascope.pipeline import analyze
     from lorascope.rerun.backend_cmd import patch_config
     from lorascope.rerun.plan import Plan
 

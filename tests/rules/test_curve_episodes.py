@@ -9,7 +9,7 @@ import pytest
 
 import curvecorpus as cc
 from curves import CATALOG, alarms, check, decay, make_run
-from lorascope.analyze import run_rules
+from lorascope.pipeline import run_rules
 from lorascope.curves import analyze_curves
 from lorascope.diagnose import diagnose, verdict
 from lorascope.model import Series
@@ -129,7 +129,7 @@ def test_epoch_jumps_in_a_long_run_are_dated_at_the_first_boundary():
 def test_nan_at_one_step_in_a_kohya_event_file(tmp_path):
     # a real SummaryWriter file in kohya's layout: loss/current, loss/average, loss/epoch
     SummaryWriter = pytest.importorskip("torch.utils.tensorboard").SummaryWriter
-    from lorascope.analyze import analyze
+    from lorascope.pipeline import analyze
     rng = np.random.default_rng(5)
     w = SummaryWriter(str(tmp_path / "log" / "20240101" / "network_train"))
     hist = []

@@ -1,13 +1,10 @@
 """The analysis pipeline: build the Run, run the rules, diagnose, make the report.
 
-The module is also callable, ``lorascope.analyze(path)``: the Python API
-(:func:`lorascope.api.analyze`)."""
+For Python users the same is ``lorascope.analyze(path)`` (:func:`lorascope.api.analyze`)."""
 from __future__ import annotations
 
 import os
-import sys
 import traceback
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,18 +149,3 @@ def _run_order(rid: str) -> int:
         return int(rid.rsplit("-", 1)[1])
     except (IndexError, ValueError):
         return 1 << 30
-
-
-class _CallableModule(types.ModuleType):
-    """``lorascope.analyze`` names this module (the pipeline, imported by the CLI and the
-    rest of the package) and, for Python users, the API function: calling the module is
-    :func:`lorascope.api.analyze` (a :class:`~lorascope.api.Report` with the findings
-    as a DataFrame).  Python binds a submodule to its package's attribute on import, so
-    a plain function of that name in ``lorascope/__init__.py`` would be replaced."""
-
-    def __call__(self, path, *, rules=None, run=None):
-        from lorascope.api import analyze as api_analyze
-        return api_analyze(path, rules=rules, run=run)
-
-
-sys.modules[__name__].__class__ = _CallableModule
