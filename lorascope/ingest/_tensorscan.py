@@ -71,7 +71,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+try:                                   # the compiled single pass, when it was built
+    from lorascope.ingest import _scankernel as KERNEL
+except ImportError:                    # no C compiler at install: numpy alone, same numbers
+    KERNEL = None
+
 BATCH = 1 << 18                        # float32 elements per span (1 MiB)
+KERNEL_SPANS = 16                      # the compiled pass takes spans of this many BATCHes
+UP_RANKS = (1, 2, 4, 8, 16, 32, 64)    # up weights whose Gram the compiled pass computes
 WHOLE = 1 << 22                        # a larger tensor is scanned in blocks
 MAX_GAP = 1 << 16                      # bytes of unscanned data a span may step over
 SCAN_WORKERS = 4                       # threads scanning one file (at most one per CPU)
@@ -322,6 +329,7 @@ class Scanner:
         self.buf = _aligned(size * 4).view(np.float32)
         self.io = _aligned(size * itemsize + 64)
         self.ones = np.ones(min(size, BATCH), np.float32)
+        self.scratch = np.empty(KERNEL.SCRATCH, np.float32) if KERNEL is not None else None
 
     def read(self, offset: int, count: int, dtype: np.dtype) -> np.ndarray:
         """``count`` values of ``dtype`` from ``offset``, in the read buffer at
@@ -343,16 +351,17 @@ class Scanner:
                         begin + (r * row_len + col) * isz)
         return self.io[:rows * width * isz].view(dtype).reshape(rows, width)
 
-    def widen(self, dtype: str, raw: np.ndarray) -> np.ndarray:
-        """float32 values of raw bits (any shape) of a FAST dtype."""
+    def widen(self, dtype: str, raw: np.ndarray, at: int = 0) -> np.ndarray:
+        """float32 values of raw bits (any shape) of a FAST dtype (in the float32 buffer
+        from element ``at``)."""
         if dtype == "F32":
             x = raw.view("<f4")
             if x.flags.c_contiguous:
                 return x
-            out = self.buf[:raw.size].reshape(raw.shape)
+            out = self.buf[at:at + raw.size].reshape(raw.shape)
             np.copyto(out, x)
             return out
-        out = self.buf[:raw.size].reshape(raw.shape)
+        out = self.buf[at:at + raw.size].reshape(raw.shape)
         # a plain widening copy, then in-place bit work (faster than a casting shift)
         if dtype == "BF16":
             u = out.view(np.uint32)
@@ -389,6 +398,9 @@ class Scanner:
         s = (b - base) // isz                       # element offsets in the span
         e = s + n_el
         raw = self.read(base, int(e[-1]), u)
+        if KERNEL is not None:
+            self.compiled(rows, dtype, raw, s, n_el)
+            return
         gap = e[:-1] < s[1:]
         if gap.any():                               # gaps: segments of their own, ignored
             seg = np.arange(len(s)) + np.concatenate(([0], np.cumsum(gap)))
@@ -424,20 +436,7 @@ class Scanner:
                 x = _view(val, p0, (k, length), (step, 1))
                 tab.sq_sum[rr] = np.einsum("kl,kl->k", x, x)
                 continue
-            other = length // rank
-            if axis == 1:
-                x = _view(val, p0, (k, rank, other), (step, other, 1))
-                if rank >= SYRK_RANK:
-                    g = np.stack([m @ m.T for m in x])
-                else:
-                    g = np.matmul(x, x.transpose(0, 2, 1))
-            else:
-                x = _view(val, p0, (k, other, rank), (step, rank, 1))
-                if rank >= SYRK_RANK:
-                    g = np.stack([m.T @ m for m in x])
-                else:
-                    g = np.matmul(x.transpose(0, 2, 1), x)
-            g = g.astype(np.float64)
+            g = _grams(val, p0, step, axis, rank, k, length)
             tab.sq_sum[rr] = np.einsum("kii->k", g)
             grams.append((rr, g))
         np.abs(val, out=val)
@@ -454,6 +453,58 @@ class Scanner:
                 tab.cross[r2] = c
                 return
         self.pair_up(grams)
+
+    def compiled(self, rows: np.ndarray, dtype: str, raw: np.ndarray, s: np.ndarray,
+                 n_el: np.ndarray) -> None:
+        """:meth:`batch` through the compiled pass: every tensor's maximum bits, |x| and
+        x**2 sums, and the Gram matrices it computes (down weights up to its rank, up
+        weights of the UP_RANKS), in one call without the GIL; larger
+        ranks by BLAS over the float32 values it widened; a tensor with non-finite or
+        extreme values again on the general path."""
+        tab = self.tab
+        code = {"F16": 1, "BF16": 2, "F32": 3}[dtype]
+        n = len(rows)
+        axis, rank = tab.axis[rows], tab.rank[rows]
+        here = (axis == 1) & (rank > 0) & (rank <= KERNEL.RANK)
+        here |= (axis == 0) & np.isin(rank, UP_RANKS)
+        here &= (rank > 0) & (n_el % np.maximum(rank, 1) == 0)
+        blas = (axis >= 0) & ~here
+        # the kernel's Gram matrices, one block per rank, rows in span order
+        goff = np.full(n, -1, np.int64)
+        blocks: list[tuple[np.ndarray, int, int]] = []
+        at = 0
+        for r in np.unique(rank[here]).tolist():
+            k = np.flatnonzero(here & (rank == r))
+            goff[k] = at + np.arange(len(k), dtype=np.int64) * (r * r)
+            blocks.append((k, r, at))
+            at += len(k) * r * r
+        gram = np.empty(at)
+        bits = np.empty(n, np.uint32)
+        asum, qsum = np.empty(n), np.empty(n)
+        wide = self.buf if blas.any() and code != 3 else self.buf[:0]
+        KERNEL.scan_span(code, raw.view(np.uint8), s, n_el, axis, rank, goff, bits, asum,
+                         qsum, gram, wide, self.scratch)
+        lo_bits, hi_bits = SAFE_BITS[dtype]
+        tab.count[rows] = n_el
+        tab.abs_max[rows] = _bits_to_float(dtype, bits)
+        tab.abs_sum[rows] = asum
+        tab.sq_sum[rows] = qsum
+        plain = ((bits >= lo_bits) & (bits <= hi_bits)) | (bits == 0)
+        grams = [(rows[k[plain[k]]], gram[a:a + len(k) * r * r].reshape(-1, r, r)[plain[k]])
+                 for k, r, a in blocks]
+        b = np.flatnonzero(blas & plain)
+        if b.size:
+            val = raw.view("<f4") if code == 3 else self.buf
+            for rr, p0, step, ax, r, k, length in _runs(tab, rows[b], s[b], n_el[b]):
+                grams.append((rr, _grams(val, p0, step, ax, r, k, length)))
+        if not plain.all():
+            inf = FAST[dtype][3]
+            for k in np.flatnonzero(~plain).tolist():   # non-finite or extreme: the general path
+                x = self.widen(dtype, raw[s[k]:s[k] + n_el[k]])
+                g = self.add(int(rows[k]), x, float(tab.abs_max[rows[k]]), bool(bits[k] >= inf))
+                if g is not None:
+                    grams.append((rows[k:k + 1], g[None]))
+        self.pair_up([g for g in grams if len(g[0])])
 
     def add(self, r: int, x: np.ndarray, top: float, nonfinite: bool) -> np.ndarray | None:
         """The general path for one whole tensor of a span (row ``r``, count already
@@ -584,6 +635,21 @@ def _mid_cross(gd: np.ndarray, gu: np.ndarray, mid: np.ndarray) -> float:
     return float(sum(np.vdot(m.T @ gu @ m, gd) for m in mid))
 
 
+def _grams(val: np.ndarray, p0: int, step: int, axis: int, rank: int, k: int,
+           length: int) -> np.ndarray:
+    """float64 Gram matrices [k, rank, rank] of a run of k tensors of float32 ``val``
+    (see :func:`_runs`): one batched ``sgemm``, or from :data:`SYRK_RANK` one ``ssyrk``
+    per tensor."""
+    other = length // rank
+    if axis == 1:
+        x = _view(val, p0, (k, rank, other), (step, other, 1))
+        g = np.stack([m @ m.T for m in x]) if rank >= SYRK_RANK else np.matmul(x, x.transpose(0, 2, 1))
+    else:
+        x = _view(val, p0, (k, other, rank), (step, rank, 1))
+        g = np.stack([m.T @ m for m in x]) if rank >= SYRK_RANK else np.matmul(x.transpose(0, 2, 1), x)
+    return g.astype(np.float64)
+
+
 def _view(val: np.ndarray, first: int, shape: tuple[int, ...], steps: tuple[int, ...]) -> np.ndarray:
     """A strided view of float32 ``val`` from element ``first`` (strides in elements)."""
     return np.ndarray(shape, np.float32, val, first * 4, tuple(4 * st for st in steps))
@@ -681,7 +747,7 @@ def plan(tab: Table) -> list[tuple[int, np.ndarray]]:
                 & (gap <= MAX_GAP) & (gap % isz[1:] == 0))
     tasks: list[tuple[int, np.ndarray]] = []
     starts = np.flatnonzero(~join).tolist() + [len(order)]
-    limit = BATCH * isz
+    limit = BATCH * (KERNEL_SPANS if KERNEL is not None else 1) * isz
     for a, b in zip(starts[:-1], starts[1:]):
         if not small[a]:
             whole = code[a] > 0 and numel[a] <= WHOLE
@@ -717,7 +783,7 @@ def _cpus() -> int:
 def _buffers(tab: Table, tasks: list[tuple[int, np.ndarray]]) -> tuple[int, int]:
     """(elements, bytes per element) of the buffers the largest task needs: a span, a
     tensor scanned whole, or a block (of 8-byte values for F64 and 64-bit integers)."""
-    most, isz = BATCH, 4
+    most, isz = BATCH * (KERNEL_SPANS if KERNEL is not None else 1), 4
     for kind, rows in tasks:
         if len(rows) == 1:
             r = int(rows[0])

@@ -26,6 +26,7 @@ target, workers = os.environ["SHRINK_FILE"], int(os.environ["SHRINK_WORKERS"])
 if workers > 1:
     ts.PARALLEL_MIN_BYTES = 0
     ts._cpus = lambda: workers
+ts.BATCH = 1 << 14                     # many reads, so that the second one comes mid-scan
 real, reads = ts.Scanner.read, []
 def read(*a, **k):
     reads.append(1)

@@ -19,6 +19,18 @@ from hypothesis import strategies as st
 
 import lorascope.ingest._tensorscan as ts
 
+@pytest.fixture(autouse=True, params=["compiled", "numpy"])
+def scan_path(request, monkeypatch):
+    """Every test runs through the compiled pass (when it was built) and through numpy
+    alone: both must give the float64 reference's statistics."""
+    if request.param == "compiled":
+        if ts.KERNEL is None:
+            pytest.skip("the compiled pass is not built here (no C compiler at install)")
+    else:
+        monkeypatch.setattr(ts, "KERNEL", None)
+    return request.param
+
+
 NP = {"F16": "<f2", "F32": "<f4", "F64": "<f8", "I8": "|i1", "BF16": None}
 
 
@@ -146,7 +158,8 @@ def test_a_batch_spans_several_tensors_and_large_ones_are_split(tmp_path):
                   [(f"t{i}", "BF16", (4, 64), stored("BF16", np.ones(256))[0]) for i in range(10)]
                   + [("big", "F16", (4096, 8), stored("F16", np.ones(4096 * 8))[0]),
                      ("bigger", "F16", (8192, 8), stored("F16", np.ones(8192 * 8))[0])])
-    with mock.patch.object(ts, "BATCH", 1024), mock.patch.object(ts, "WHOLE", 40000):
+    with mock.patch.object(ts, "BATCH", 1024), mock.patch.object(ts, "WHOLE", 40000), \
+            mock.patch.object(ts, "KERNEL_SPANS", 1):
         tasks = ts.plan(ts.Table(infos))
         assert [len(rows) for _, rows in tasks] == [4, 4, 2, 1, 1]    # 1024 elements per span
         assert [kind for kind, _ in tasks] == [1, 1, 1, 1, 0]        # whole, then in blocks
@@ -355,3 +368,72 @@ def test_kohya_f32_layers_with_their_alphas_in_one_span(tmp_path, layers):
         assert s.mean_abs == pytest.approx(ref["mean_abs"], rel=1e-5)
     for i in range(layers):
         assert jobs[3 * i + 1].cross == jobs[3 * i + 2].cross == pytest.approx(exact[i], rel=1e-5)
+
+
+def _kernel_call(code: int, raw: np.ndarray, shapes: list[tuple[int, int, int]]):
+    """The compiled pass on ``raw`` (tensors back to back): (maxbits, abs sums, squares,
+    Gram matrices)."""
+    k = ts.KERNEL
+    n = np.array([a * b for a, b, _ in shapes], np.int64)
+    start = np.concatenate(([0], np.cumsum(n)[:-1])).astype(np.int64)
+    axis = np.array([ax for _, _, ax in shapes], np.int8)
+    rank = np.array([a if ax == 1 else b for a, b, ax in shapes], np.int64)
+    goff = np.concatenate(([0], np.cumsum(rank * rank)[:-1])).astype(np.int64)
+    out = (np.zeros(len(n), np.uint32), np.zeros(len(n)), np.zeros(len(n)))
+    gram = np.zeros(int((rank * rank).sum()))
+    k.scan_span(code, raw.view(np.uint8), start, n, axis, rank, goff, *out, gram,
+                np.zeros(0, np.float32), np.zeros(k.SCRATCH, np.float32))
+    grams = [gram[o:o + r * r].reshape(r, r) for o, r in zip(goff.tolist(), rank.tolist())]
+    return (*out, grams, start, n)
+
+
+@pytest.mark.parametrize("dtype,code", [("F16", 1), ("BF16", 2), ("F32", 3)])
+def test_compiled_pass_gives_every_rank_its_gram_matrix(dtype, code, scan_path):
+    """Every rank up to the kernel's, both layouts, odd widths (column blocks with a
+    tail), through the kernel's own entry: the ranks the scan sends to BLAS instead
+    included, so its general loops are checked too."""
+    if scan_path != "compiled":
+        pytest.skip("the compiled pass itself")
+    rng = np.random.default_rng(7)
+    shapes = []
+    for r in list(range(1, 17)) + [24, 31, 32, 48, 64]:
+        width = int(rng.integers(1, 700))
+        shapes += [(r, width, 1), (width, r, 0)]
+    shapes += [(4, 17000, 1), (17000, 4, 0), (2000, 16, 0)]     # lanes flushed mid-tensor
+    values = [rng.standard_normal(a * b) * 0.05 for a, b, _ in shapes]
+    raw, meaning = stored(dtype, np.concatenate(values))
+    bits, asum, qsum, grams, start, n = _kernel_call(code, np.frombuffer(raw, np.uint8).copy(), shapes)
+    for k, (a, b, ax) in enumerate(shapes):
+        x = meaning[start[k]:start[k] + n[k]]
+        m = x.reshape(a, b)
+        ref = m @ m.T if ax == 1 else m.T @ m
+        np.testing.assert_allclose(grams[k], ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
+        assert asum[k] == pytest.approx(np.abs(x).sum(), rel=1e-5)
+        assert qsum[k] == pytest.approx((x * x).sum(), rel=1e-5)
+        top = np.abs(x).max()
+        assert ts._bits_to_float(dtype, np.array([bits[k]]))[0] == top
+
+
+def test_compiled_pass_refuses_offsets_outside_its_buffers(scan_path):
+    if scan_path != "compiled":
+        pytest.skip("the compiled pass itself")
+    k = ts.KERNEL
+    raw = np.zeros(64, np.uint8)                        # 32 halves
+    one = lambda v: np.array([v], np.int64)             # noqa: E731
+    out = (np.zeros(1, np.uint32), np.zeros(1), np.zeros(1))
+    scratch = np.zeros(k.SCRATCH, np.float32)
+    none = np.zeros(0, np.float32)
+    ok = dict(start=one(0), count=one(32), goff=one(-1), rank=one(0))
+    k.scan_span(1, raw, ok["start"], ok["count"], np.array([-1], np.int8), ok["rank"], ok["goff"],
+                *out, np.zeros(0), none, scratch)
+    bad = [dict(ok, count=one(33)), dict(ok, start=one(1)), dict(ok, start=one(-1)),
+           dict(ok, goff=one(0), rank=one(4)),                  # Gram beyond its array
+           dict(ok, goff=one(0), rank=one(5)),                  # 32 is not a multiple of 5
+           dict(ok, goff=one(0), rank=one(k.RANK + 1))]
+    for b in bad:
+        with pytest.raises(ValueError):
+            k.scan_span(1, raw, b["start"], b["count"], np.array([0], np.int8), b["rank"], b["goff"],
+                        *out, np.zeros(4), none, scratch)
+    with pytest.raises(ValueError):                         # scratch too small
+        k.scan_span(1, raw, ok["start"], ok["count"], np.array([-1], np.int8), ok["rank"],
+                    ok["goff"], *out, np.zeros(0), none, scratch[:10])

@@ -1,0 +1,348 @@
+/* One pass over a span of a safetensors file: the statistics lorascope keeps per tensor.
+ *
+ * Called (without the GIL) from _scankernel.pyx; lorascope/ingest/_tensorscan.py holds the
+ * reading, the planning and the numpy path this replaces when it is built.  For each
+ * tensor of the span (all of one dtype: 1 F16, 2 BF16, 3 F32):
+ *
+ *   maxbits   largest magnitude bit pattern (sign bit cleared): the abs max, and a
+ *             non-finite value when it reaches the dtype's infinity pattern;
+ *   abs_sum   sum |x|, sq_sum sum x*x (float32 lanes flushed to float64 per block);
+ *   gram      for a rank-r up weight [n, r] (axis 0) x^T x, for a down weight [r, n]
+ *             (axis 1) x x^T, as r*r float64 at gram + goff, when goff >= 0;
+ *   wide      the widened float32 values at the tensor's offsets, when wide_on (the
+ *             caller's BLAS takes the Gram products of larger ranks from there).
+ *
+ * The sums are meaningful only for a tensor whose values are all finite and within the
+ * range where float32 squares do not overflow: the caller checks maxbits and recomputes
+ * any other tensor on its general path.  Widening is exact (F16 through its bits, see
+ * ls_f16; BF16 a shift by 16).
+ *
+ * Lanes: sums run in LANES independent float32 accumulators so the compiler vectorises
+ * them without reassociating; each block's lanes go into float64, so no float32 sum
+ * covers more than BLOCK elements per lane.  target_clones builds the loops for AVX-512,
+ * AVX2 and the baseline and picks one at load time. */
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define LS_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define LS_CLONES
+#endif
+#define LS_INLINE static inline __attribute__((always_inline))
+
+#define LANES 16
+#define BLOCK 4096            /* float32 values widened at a time (16 KiB: L1) */
+#define COLS 256              /* columns of a down weight per block */
+#define FLUSH 16384          /* values per lane sum before it goes into float64 */
+#define KERNEL_RANK 64        /* Gram products up to this rank here, larger by BLAS */
+
+/* Exact, and without float arithmetic on subnormal operands (a microcode assist each on
+ * x86): a normal half gets its exponent rebased in the integer bits, a subnormal one is
+ * its 10-bit integer times 2**-24.  Infinity and NaN patterns come out at 65536 or more
+ * (the caller has their maxbits and does not use these sums). */
+LS_INLINE float ls_f16(uint16_t h) {
+    uint32_t mag = h & 0x7FFFu;
+    uint32_t normal = (mag << 13) + 0x38000000u;
+    float sub = (float)(int32_t)mag * 0x1p-24f;
+    uint32_t subbits;
+    memcpy(&subbits, &sub, 4);
+    uint32_t keep = 0u - (uint32_t)(mag >= 0x400u);              /* branch-free select */
+    uint32_t u = (normal & keep) | (subbits & ~keep) | ((uint32_t)(h & 0x8000u) << 16);
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+LS_INLINE float ls_bf16(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* n values from src (element offset i0 of a span of dtype code) into dst */
+LS_INLINE void ls_widen(int code, const void *src, int64_t i0, int64_t n, float *dst) {
+    if (code == 1) {
+        const uint16_t *s = (const uint16_t *)src + i0;
+        for (int64_t i = 0; i < n; i++) dst[i] = ls_f16(s[i]);
+    } else if (code == 2) {
+        const uint16_t *s = (const uint16_t *)src + i0;
+        for (int64_t i = 0; i < n; i++) dst[i] = ls_bf16(s[i]);
+    } else {
+        memcpy(dst, (const float *)src + i0, (size_t)n * 4);
+    }
+}
+
+LS_INLINE uint32_t ls_maxbits(int code, const void *src, int64_t i0, int64_t n) {
+    if (code == 3) {
+        const uint32_t *s = (const uint32_t *)src + i0;
+        uint32_t m = 0;
+        for (int64_t i = 0; i < n; i++) {
+            uint32_t v = s[i] & 0x7FFFFFFFu;
+            m = v > m ? v : m;
+        }
+        return m;
+    }
+    const uint16_t *s = (const uint16_t *)src + i0;
+    uint16_t m = 0;
+    for (int64_t i = 0; i < n; i++) {
+        uint16_t v = s[i] & 0x7FFFu;
+        m = v > m ? v : m;
+    }
+    return m;
+}
+
+/* |x| and x*x of n floats (n a multiple of LANES; padding is zero) into lanes */
+/* 16 float32 lanes as one value: GCC and clang lower it to one AVX-512 register, two
+ * AVX2 or four SSE ones, whichever the clone targets */
+typedef float ls_v16 __attribute__((vector_size(64)));
+
+LS_INLINE ls_v16 ls_load(const float *p) {
+    ls_v16 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+LS_INLINE void ls_add(float *p, ls_v16 v) {
+    v += ls_load(p);
+    memcpy(p, &v, sizeof v);
+}
+
+LS_INLINE void ls_sums(const float *x, int64_t n, float *la, float *lq) {
+    ls_v16 a = {0}, q = {0};
+    const ls_v16 sign = {-0.0f, -0.0f, -0.0f, -0.0f, -0.0f, -0.0f, -0.0f, -0.0f,
+                         -0.0f, -0.0f, -0.0f, -0.0f, -0.0f, -0.0f, -0.0f, -0.0f};
+    for (int64_t j = 0; j < n; j += LANES) {
+        ls_v16 v = ls_load(x + j);
+        typedef int32_t ls_i16 __attribute__((vector_size(64)));
+        a += (ls_v16)((ls_i16)v & ~(ls_i16)sign);
+        q += v * v;
+    }
+    for (int l = 0; l < LANES; l++) { la[l] += a[l]; lq[l] += q[l]; }
+}
+
+LS_INLINE double ls_flush(float *lane) {
+    double s = 0;
+    for (int l = 0; l < LANES; l++) { s += lane[l]; lane[l] = 0; }
+    return s;
+}
+
+/* CH offsets d0.. of the diagonal form at once (independent chains hide the FMA
+ * latency); out[c * W + s] += sum over m of x[m + s] * x[m + s + d0 + c] */
+#define LS_DIAG(W, CH)                                                                   \
+    LS_INLINE void ls_diag##W##_##CH(const float *x, int64_t n, int d0, float *out) {   \
+        ls_v16 a[CH][W / 16];                                                            \
+        memset(a, 0, sizeof a);                                                          \
+        for (int64_t m = 0; m < n; m += W)                                               \
+            for (int h = 0; h < W / 16; h++) {                                           \
+                ls_v16 v = ls_load(x + m + 16 * h);                                      \
+                for (int c = 0; c < CH; c++)                                             \
+                    a[c][h] += v * ls_load(x + m + 16 * h + d0 + c);                     \
+            }                                                                            \
+        for (int c = 0; c < CH; c++)                                                     \
+            for (int h = 0; h < W / 16; h++)                                             \
+                for (int l = 0; l < 16; l++) out[c * W + 16 * h + l] += a[c][h][l];      \
+    }
+LS_DIAG(16, 1)
+LS_DIAG(16, 2)
+LS_DIAG(16, 4)
+LS_DIAG(16, 8)
+
+/* Outer-product form for rank W = 16, 32 or 64: G rows c0..c0+CH of x^T x in registers,
+ * each data row loaded once and every G row updated with a broadcast of one of its
+ * values: out[c * W + s] += sum over rows of x[c0 + c] * x[s] */
+#define LS_OUTER(W, CH)                                                                  \
+    LS_INLINE void ls_outer##W(const float *x, int64_t rows, int c0, float *out) {      \
+        ls_v16 a[CH][W / 16];                                                            \
+        memset(a, 0, sizeof a);                                                          \
+        for (int64_t m = 0; m < rows; m++) {                                             \
+            const float *row = x + m * W;                                                \
+            ls_v16 v[W / 16];                                                            \
+            for (int h = 0; h < W / 16; h++) v[h] = ls_load(row + 16 * h);               \
+            for (int c = 0; c < CH; c++)                                                 \
+                for (int h = 0; h < W / 16; h++) a[c][h] += row[c0 + c] * v[h];          \
+        }                                                                                \
+        for (int c = 0; c < CH; c++)                                                     \
+            for (int h = 0; h < W / 16; h++)                                             \
+                for (int l = 0; l < 16; l++) out[c * W + 16 * h + l] += a[c][h][l];      \
+    }
+LS_OUTER(16, 16)
+LS_OUTER(32, 8)
+LS_OUTER(64, 4)
+
+/* Up weight [rows, r] at element i0: x^T x.  Diagonal form: for every offset d < r,
+ * acc[d][s] += x[m + s] * x[m + s + d] over the flat values in steps of S (a multiple of
+ * r), so lane s belongs to column s % r and products that leave the row are dropped. */
+LS_INLINE void ls_gram_up(int code, const void *src, int64_t i0, int64_t rows, int r,
+                          float *tmp, float *acc, double *g, float *la, float *lq,
+                          double *asum, double *qsum) {
+    int S = r >= LANES ? r : r * ((LANES + r - 1) / r);
+    int64_t per = (BLOCK / S) * S / r;                 /* rows per block */
+    if (per < 1) per = 1;
+    int64_t since = 0;
+    memset(acc, 0, (size_t)r * S * 4);
+    for (int64_t q = 0; q < rows; q += per) {
+        int64_t nr = rows - q < per ? rows - q : per;
+        int64_t n = nr * r;
+        int64_t padded = (n + S - 1) / S * S;
+        ls_widen(code, src, i0 + q * r, n, tmp);
+        memset(tmp + n, 0, (size_t)(padded - n + r + LANES) * 4);
+        /* offsets outer, a few at once: their lanes stay in registers while the block
+         * streams from L1 */
+        if (S == 16 && r <= 8) {
+            if (r == 1) ls_diag16_1(tmp, padded, 0, acc);
+            else if (r == 2) ls_diag16_2(tmp, padded, 0, acc);
+            else if (r == 4) ls_diag16_4(tmp, padded, 0, acc);
+            else ls_diag16_8(tmp, padded, 0, acc);
+        } else if (r == 16) {
+            ls_outer16(tmp, nr, 0, acc);
+        } else if (r == 32) {
+            for (int c = 0; c < 32; c += 8) ls_outer32(tmp, nr, c, acc + c * 32);
+        } else if (r == 64) {
+            for (int c = 0; c < 64; c += 4) ls_outer64(tmp, nr, c, acc + c * 64);
+        } else {
+            for (int d = 0; d < r; d++) {
+                float *a = acc + (int64_t)d * S;
+                for (int64_t m = 0; m < padded; m += S)
+                    for (int s = 0; s < S; s++) a[s] += tmp[m + s] * tmp[m + s + d];
+            }
+        }
+        since += n;
+        if ((since >= FLUSH || q + per >= rows) && (r == 16 || r == 32 || r == 64)) {
+            for (int i = 0; i < r * r; i++) { g[i] += acc[i]; acc[i] = 0; }
+            since = 0;
+        } else if (since >= FLUSH || q + per >= rows) {      /* lanes into float64 */
+            for (int d = 0; d < r; d++)
+                for (int s = 0, i = 0; s < S; s++, i = i + 1 == r ? 0 : i + 1) {
+                    if (i + d < r) g[i * r + i + d] += acc[(int64_t)d * S + s];
+                    acc[(int64_t)d * S + s] = 0;
+                }
+            since = 0;
+        }
+        ls_sums(tmp, (padded + LANES - 1) / LANES * LANES, la, lq);
+        *asum += ls_flush(la);
+        *qsum += ls_flush(lq);
+    }
+}
+
+/* Down weight [r, cols] at element i0: x x^T.  Blocks of COLS columns, widened row by
+ * row; every pair i <= k of rows is a lane-wise dot product, eight at once, whose lanes
+ * (acc, one ls_v16 per pair) go into float64 every FLUSH columns and at the end. */
+LS_INLINE void ls_gram_down(int code, const void *src, int64_t i0, int64_t cols, int r,
+                            float *tmp, float *acc, double *g, float *la, float *lq,
+                            double *asum, double *qsum) {
+    int64_t pairs = (int64_t)r * (r + 1) / 2;
+    memset(acc, 0, (size_t)pairs * LANES * 4);
+    const int64_t cb = r > 32 ? COLS / 2 : COLS;        /* the block stays in L1 */
+    for (int64_t c = 0; c < cols; c += cb) {
+        int64_t w = cols - c < cb ? cols - c : cb;
+        int64_t wp = (w + LANES - 1) / LANES * LANES;
+        for (int i = 0; i < r; i++) {
+            float *row = tmp + (int64_t)i * cb;
+            ls_widen(code, src, i0 + (int64_t)i * cols + c, w, row);
+            for (int64_t j = w; j < wp; j++) row[j] = 0;
+            ls_sums(row, wp, la, lq);
+        }
+        float *p = acc;
+        for (int i = 0; i < r; i++) {
+            const float *x = tmp + (int64_t)i * cb;
+            for (int k = i; k < r; k += 8) {
+                /* rows past the last are read as row i and their dots dropped */
+                const float *y0 = tmp + (int64_t)k * cb;
+                const float *y1 = k + 1 < r ? y0 + 1 * cb : x, *y2 = k + 2 < r ? y0 + 2 * cb : x;
+                const float *y3 = k + 3 < r ? y0 + 3 * cb : x, *y4 = k + 4 < r ? y0 + 4 * cb : x;
+                const float *y5 = k + 5 < r ? y0 + 5 * cb : x, *y6 = k + 6 < r ? y0 + 6 * cb : x;
+                const float *y7 = k + 7 < r ? y0 + 7 * cb : x;
+                ls_v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0};
+                for (int64_t j = 0; j < wp; j += LANES) {          /* named: in registers */
+                    ls_v16 v = ls_load(x + j);
+                    a0 += v * ls_load(y0 + j);
+                    a1 += v * ls_load(y1 + j);
+                    a2 += v * ls_load(y2 + j);
+                    a3 += v * ls_load(y3 + j);
+                    a4 += v * ls_load(y4 + j);
+                    a5 += v * ls_load(y5 + j);
+                    a6 += v * ls_load(y6 + j);
+                    a7 += v * ls_load(y7 + j);
+                }
+                ls_v16 a[8] = {a0, a1, a2, a3, a4, a5, a6, a7};
+                int cnt = r - k < 8 ? r - k : 8;
+                for (int c2 = 0; c2 < cnt; c2++) ls_add(p + c2 * LANES, a[c2]);
+                p += cnt * LANES;
+            }
+        }
+        *asum += ls_flush(la);
+        *qsum += ls_flush(lq);
+        if ((c + cb) % FLUSH == 0 || c + cb >= cols) {
+            float *q = acc;
+            for (int i = 0; i < r; i++)
+                for (int k = i; k < r; k++, q += LANES) {
+                    double s = 0;
+                    for (int l = 0; l < LANES; l++) { s += q[l]; q[l] = 0; }
+                    g[i * r + k] += s;
+                }
+        }
+    }
+}
+
+/* Scratch floats the kernel needs: a block plus padding, and the Gram lanes */
+static int64_t ls_scratch(void) {
+    int64_t t = BLOCK + 2 * KERNEL_RANK + 2 * LANES;
+    if ((int64_t)KERNEL_RANK * COLS > t) t = (int64_t)KERNEL_RANK * COLS;
+    int64_t a = (int64_t)KERNEL_RANK * (KERNEL_RANK + 1) / 2 * LANES;
+    int64_t b = (int64_t)KERNEL_RANK * 2 * KERNEL_RANK;
+    return t + (a > b ? a : b) + LANES;
+}
+
+LS_CLONES
+void ls_scan_span(int code, const void *src, int64_t nt, const int64_t *start,
+                  const int64_t *count, const int8_t *axis, const int64_t *rank,
+                  const int64_t *goff, uint32_t *maxbits, double *abs_sum, double *sq_sum,
+                  double *gram, float *wide, int wide_on, float *scratch) {
+    float la[LANES] = {0}, lq[LANES] = {0};
+    int64_t tsize = BLOCK + 2 * KERNEL_RANK + 2 * LANES;
+    if ((int64_t)KERNEL_RANK * COLS > tsize) tsize = (int64_t)KERNEL_RANK * COLS;
+    float *tmp = scratch, *acc = scratch + tsize;
+    for (int64_t k = 0; k < nt; k++) {
+        int64_t i0 = start[k], n = count[k];
+        maxbits[k] = ls_maxbits(code, src, i0, n);
+        double as = 0, qs = 0;
+        int r = (int)rank[k];
+        if (goff[k] >= 0 && axis[k] == 0 && r > 0 && r <= KERNEL_RANK) {
+            double *g = gram + goff[k];
+            memset(g, 0, (size_t)r * r * 8);
+            ls_gram_up(code, src, i0, n / r, r, tmp, acc, g, la, lq, &as, &qs);
+            for (int i = 0; i < r; i++)
+                for (int j = 0; j < i; j++) g[i * r + j] = g[j * r + i];
+        } else if (goff[k] >= 0 && axis[k] == 1 && r > 0 && r <= KERNEL_RANK) {
+            double *g = gram + goff[k];
+            memset(g, 0, (size_t)r * r * 8);
+            ls_gram_down(code, src, i0, n / r, r, tmp, acc, g, la, lq, &as, &qs);
+            for (int i = 0; i < r; i++)
+                for (int j = 0; j < i; j++) g[i * r + j] = g[j * r + i];
+        } else {
+            for (int64_t b = 0; b < n; b += BLOCK) {
+                int64_t m = n - b < BLOCK ? n - b : BLOCK;
+                int64_t mp = (m + LANES - 1) / LANES * LANES;
+                float *dst;
+                if (code == 3) {
+                    dst = (float *)src + i0 + b;            /* float32 is read in place */
+                } else {
+                    dst = wide_on ? wide + i0 + b : tmp;
+                    ls_widen(code, src, i0 + b, m, dst);
+                }
+                if (mp != m) {             /* the tail goes through the scratch block */
+                    if (dst != tmp) memcpy(tmp, dst, (size_t)m * 4);
+                    memset(tmp + m, 0, (size_t)(mp - m) * 4);
+                    dst = tmp;
+                }
+                ls_sums(dst, mp, la, lq);
+                as += ls_flush(la);
+                qs += ls_flush(lq);
+            }
+        }
+        abs_sum[k] = as;
+        sq_sum[k] = qs;
+    }
+}
