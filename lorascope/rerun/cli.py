@@ -126,14 +126,19 @@ def execute(run_dir: str, *, from_step=None, steps=None, device="auto", out=None
         click.echo(f"lorascope: {r.reason()}", err=True)
     reproduced = not any(r.ok is False for r in repro)
     v = verify.decide(plan.rule, base_rules, fixed_rules, failed, reproduced)
+    why = None
+    if v == "inconclusive" and not failed and reproduced and base_an is not None \
+            and not verify.has_symptom(plan.rule, base_rules):
+        why = verify.baseline_shortfall(plan, a.run, base_an.run, base_an.catalog)
+        click.echo(f"lorascope: {why}", err=True)
     doc = verify.rerun_document(plan, dev, base_res, base_rules, fixed_res, fixed_rules, v,
                                 run_path=str(run_dir))
     extra = {"original": a, "baseline": base_an, "fixed": fixed_an, "out_root": out_root,
-             "reproduction": repro, "plan": plan}
+             "reproduction": repro, "plan": plan, "why": why}
     return doc, plan, extra
 
 
-def render_text(doc: dict, html: str | None = None, reproduction=()) -> str:
+def render_text(doc: dict, html: str | None = None, reproduction=(), why: str | None = None) -> str:
     lines = [f"{doc['run']}: rerun of {doc['diagnosis']['rule']} (step {doc['diagnosis']['step']})"]
     rf = doc["resumed_from"]
     lines.append(f"  resumed from: {rf['checkpoint'] or 'scratch (base model, new adapter)'} "
@@ -151,6 +156,8 @@ def render_text(doc: dict, html: str | None = None, reproduction=()) -> str:
     for r in reproduction:
         lines.append(f"  reproduction: {r.reason()}")
     lines.append(f"verdict: {doc['verdict'].upper().replace('_', ' ')}")
+    if why:
+        lines.append(f"  {why}")
     if html:
         lines.append(f"report: {html}")
     return "\n".join(lines)
@@ -170,7 +177,7 @@ def rerun_command(run_dir, from_step=None, steps=None, device="auto", out=None, 
         from lorascope.report.rerun_html import write_rerun_html
         target = extra["out_root"] / f"{plan.run_name}-rerun.html"
         write_rerun_html(doc, extra["original"], extra["baseline"], extra["fixed"], target,
-                         reproduction=extra.get("reproduction", ()))
+                         reproduction=extra.get("reproduction", ()), why=extra.get("why"))
         html = str(target)
     except Exception as e:  # the verdict stands without its chart
         if os.environ.get("LORASCOPE_DEBUG"):
@@ -179,5 +186,5 @@ def rerun_command(run_dir, from_step=None, steps=None, device="auto", out=None, 
     if fmt == "json":
         click.echo(json.dumps(doc, indent=2, allow_nan=False, ensure_ascii=False))
     else:
-        click.echo(render_text(doc, html, extra.get("reproduction", ())))
+        click.echo(render_text(doc, html, extra.get("reproduction", ()), extra.get("why")))
     sys.exit(EXIT[doc["verdict"]])
