@@ -121,7 +121,7 @@ def _jump_back_baseline(orig):
 
 
 def test_baseline_shortfall_says_why_in_the_detectors_numbers_and_what_to_do():
-    from lorascope.rerun.verify import baseline_shortfall, findings_in_window, unique_rules
+    from lorascope.rerun.verify import baseline_shortfall, unique_rules
     from tests.curves import CATALOG
     orig = _climb_run()
     plan = _plan(orig)
