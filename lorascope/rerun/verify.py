@@ -6,6 +6,9 @@ verdict
   not_fixed     the diagnosed symptom still appears with the fix applied
   inconclusive  the baseline was asked for but did not reproduce, a training failed, or a
                 replay does not reproduce the original run at its first replayed step
+                (a baseline that did not reproduce comes with ``baseline_shortfall``: what
+                it showed against the rules' ratios, where it left the original path, and
+                what to try: --from-step 0 after a resumed replay's fresh optimizer)
 
 A symptom is the diagnosed rule or any rule that can own the same curve episode
 (lorascope.curves): loss.spike and loss.divergence both report a loss that rose above its
