@@ -188,6 +188,10 @@ def _times(a: float | None, b: float | None) -> str:
     return f"x{a / b:.2f}" if a > 0 and b > 0 else f"{a - b:+.3g}"
 
 
+def _g(v: float | None) -> str:
+    return "?" if v is None else f"{v:.3g}"
+
+
 def _size(e) -> tuple[float | None, str]:
     """An episode's size as its owner judges it: the end level of a climb that stays up,
     else the peak."""
@@ -232,19 +236,21 @@ def baseline_shortfall(plan: Plan, original_run, baseline_run, catalog: dict) ->
     eps = [e for e in b_ca.episodes if e.kind in ("excursion", "spike") and e.onset is not None
            and e.onset > plan.start and (b_ca.train is None or e.series == b_ca.train)]
     ep = max(eps, key=lambda e: e.magnitude) if eps else None
-    if ep is not None and ep.recovered is not False:
+    if ep is not None and ep.before is not None and ep.peak_level is not None and (
+            ep.kind == "spike" or ep.recovered):
         said = (f"the baseline replay's loss rose {_times(ep.peak_level, ep.before)} above its "
-                f"earlier level ({ep.before:.3g} to {ep.peak_level:.3g} at step {ep.peak}) but came "
-                f"back to {ep.end_level:.3g} by step {ep.end}")
+                f"earlier level ({_g(ep.before)} to {_g(ep.peak_level)} at step {ep.peak})"
+                + (f" but came back to {_g(ep.end_level)} by step {ep.end}" if ep.recovered
+                   else " at its last logged point"))
         if tail is not None:
-            said += (f"; its level over the run's last tenth was {tail:.3g} "
+            said += (f"; its level over the run's last tenth was {_g(tail)} "
                      f"({_times(tail, ep.before)})")
-    elif ep is not None:
-        said = (f"the baseline replay's loss climbed from {ep.before:.3g} to {ep.end_level:.3g} "
+    elif ep is not None and ep.before is not None and ep.end_level is not None:
+        said = (f"the baseline replay's loss climbed from {_g(ep.before)} to {_g(ep.end_level)} "
                 f"({_times(ep.end_level, ep.before)}) at its end")
     elif tail is not None and before is not None:
-        said = (f"the baseline replay's level over the run's last tenth was {tail:.3g} "
-                f"({_times(tail, before)} the level {before:.3g} before the symptom)")
+        said = (f"the baseline replay's level over the run's last tenth was {_g(tail)} "
+                f"({_times(tail, before)} the level {_g(before)} before the symptom)")
     else:
         said = "the baseline replay's loss showed no rise"
     crit = _criteria(same_symptom(rule), catalog)

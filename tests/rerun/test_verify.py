@@ -161,3 +161,18 @@ def test_departure_is_the_first_step_off_the_original_path():
     assert departure(ORIG, rep, 25) == (27, 28, ORIG.values[27], ORIG.values[27] * 1.5)
     assert departure(ORIG, _s([26, 27], [ORIG.values[25], ORIG.values[26]]), 25) is None
     assert departure(ORIG, _s([26], [9.0]), 25) == (25, 26, ORIG.values[25], 9.0)
+
+
+def test_baseline_shortfall_of_a_baseline_that_never_rose_compares_its_end_level():
+    from dataclasses import replace
+
+    from lorascope.rerun.verify import baseline_shortfall
+    from tests.curves import CATALOG
+    orig = _climb_run()
+    s = orig.primary("train_loss")
+    flat = np.where(s.steps <= 25, s.values, s.values[24])        # holds its step-25 level
+    msg = baseline_shortfall(_plan(orig), orig, replace(orig, series=(replace(s, values=flat),)),
+                             CATALOG)
+    assert msg.startswith(f"inconclusive because the baseline replay's level over the run's last "
+                          f"tenth was {s.values[24]:.3g} (x")
+    assert "before the symptom" in msg and "left it at step" in msg
