@@ -179,7 +179,7 @@ def check_window(rule: str, onset: int, ckpt: CheckpointRef | None, end: int,
                  steps: int | None = None) -> None:
     """The replay must hold the symptom's first step: resumed from a save strictly before
     the onset (a checkpoint at step N holds the weights after step N, so checkpoint-<onset>
-    already took the failing step). Otherwise the fixed
+    already took the failing step) and running at least to the onset. Otherwise the fixed
     replay cannot show the symptom whatever the fix does, and a clean window would read as
     'fixed' without testing anything: a RerunError (exit 2) before any training, naming the
     setting that would work."""
@@ -192,6 +192,15 @@ def check_window(rule: str, onset: int, ckpt: CheckpointRef | None, end: int,
         raise RerunError(f"{asked}the checkpoint at step {start} is at or after the onset of "
                          f"{rule} (step {onset}), so the replay would start past the failure "
                          f"and could not show whether the fix prevents it; use {use}")
+    if end < onset:
+        if steps is not None:
+            raise RerunError(f"--steps {steps}: the replay (steps {start + 1}-{end}) would end "
+                             f"before the onset of {rule} (step {onset}), so it could not show "
+                             f"whether the fix prevents it; use --steps {onset - start} or "
+                             f"more, or leave --steps out")
+        raise RerunError(f"the replay window (steps {start + 1}-{end}) ends before the onset of "
+                         f"{rule} (step {onset}): the run's planned total is shorter than "
+                         f"its log; pass --steps {onset - start} or more")
 
 
 def make_plan(analysis, *, rule_id: str | None = None, from_step: int | None = None,

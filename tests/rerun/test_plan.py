@@ -92,6 +92,14 @@ def test_from_step_past_the_onset_is_refused(from_step):
     assert msg.endswith("use --from-step 25 (the last checkpoint before it)")
 
 
+def test_steps_ending_before_the_onset_is_refused():
+    with pytest.raises(RerunError, match=r"^--steps 8: the replay \(steps 26-33\) would end "
+                                         r"before the onset of loss.divergence \(step 34\).*"
+                                         r"use --steps 9 or more, or leave --steps out$"):
+        _diverge_plan(steps=8)
+    assert _diverge_plan(steps=9).end == 34              # the onset itself is replayed
+
+
 def test_checkpoint_at_the_onset_is_refused_for_any_rule():
     """checkpoint-N holds the weights after step N: saved at the onset, it already took the
     failing step. With no save before it the remedy is a replay from scratch."""
