@@ -46,7 +46,7 @@ def _after(series, start: int):
     return replace(series, steps=np.asarray(series.steps)[keep], values=np.asarray(series.values)[keep])
 
 
-def story(doc: dict, reproduction=()) -> str:
+def story(doc: dict, reproduction=(), why: str | None = None) -> str:
     bad = [r for r in reproduction if r.ok is False]
     from lorascope.report.text import fmt_fix
     fix = fmt_fix(doc["applied_fix"], eq=" = ")
@@ -63,12 +63,17 @@ def story(doc: dict, reproduction=()) -> str:
         return f"Not fixed: with {fix} the replay still shows {rule}."
     if b is not None and not b["reproduced"]:
         return (f"Inconclusive: the baseline replay (no change) did not reproduce {rule}, so "
-                f"its absence in the fixed replay proves nothing.")
+                f"its absence in the fixed replay proves nothing."
+                + (f" {_sentence(why.removeprefix('inconclusive because '))}" if why else ""))
     return "Inconclusive: a replay failed to train (see the messages on stderr)."
 
 
+def _sentence(s: str) -> str:
+    return (s[:1].upper() + s[1:]).rstrip(".") + "." if s else s
+
+
 def write_rerun_html(doc: dict, original, baseline, fixed, target: Path,
-                     reproduction=()) -> Path:
+                     reproduction=(), why: str | None = None) -> Path:
     """original/baseline/fixed: lorascope Analysis objects (baseline/fixed may be None);
     reproduction: verify.Reproduction results (shown, and in the story)."""
     import jinja2
@@ -87,7 +92,7 @@ def write_rerun_html(doc: dict, original, baseline, fixed, target: Path,
                              autoescape=jinja2.select_autoescape(["html", "j2"]))
     html = env.get_template("rerun.html.j2").render(
         doc=doc, chart=chart, static_chart=Markup(static) if static else None, version=__version__,
-        banner=BANNER.get(doc["verdict"], "warning"), story=story(doc, reproduction),
+        banner=BANNER.get(doc["verdict"], "warning"), story=story(doc, reproduction, why),
         reproduction=list(reproduction), script=script, script_hash=script_hash, chart_css=_chart_css(),
         chart_json=Markup(charts.page_json({"groups": [chart] if chart else []})))
     target = Path(target)

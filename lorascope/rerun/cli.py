@@ -7,6 +7,7 @@ Output (never inside RUN_DIR): <out>/<run>-baseline/, <out>/<run>-fixed/ and
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -126,14 +127,25 @@ def execute(run_dir: str, *, from_step=None, steps=None, device="auto", out=None
         click.echo(f"lorascope: {r.reason()}", err=True)
     reproduced = not any(r.ok is False for r in repro)
     v = verify.decide(plan.rule, base_rules, fixed_rules, failed, reproduced)
+    why = None
+    if v == "inconclusive" and not failed and reproduced and base_an is not None \
+            and not verify.has_symptom(plan.rule, base_rules):
+        try:
+            why = verify.baseline_shortfall(plan, a.run, base_an.run, base_an.catalog)
+        except Exception as e:  # the verdict stands without its explanation
+            if os.environ.get("LORASCOPE_DEBUG"):
+                raise
+            why = (f"inconclusive because the baseline replay did not show {plan.rule} "
+                   f"(its explanation failed: {type(e).__name__})")
+        click.echo(f"lorascope: {why}", err=True)
     doc = verify.rerun_document(plan, dev, base_res, base_rules, fixed_res, fixed_rules, v,
                                 run_path=str(run_dir))
     extra = {"original": a, "baseline": base_an, "fixed": fixed_an, "out_root": out_root,
-             "reproduction": repro, "plan": plan}
+             "reproduction": repro, "plan": plan, "why": why}
     return doc, plan, extra
 
 
-def render_text(doc: dict, html: str | None = None, reproduction=()) -> str:
+def render_text(doc: dict, html: str | None = None, reproduction=(), why: str | None = None) -> str:
     lines = [f"{doc['run']}: rerun of {doc['diagnosis']['rule']} (step {doc['diagnosis']['step']})"]
     rf = doc["resumed_from"]
     lines.append(f"  resumed from: {rf['checkpoint'] or 'scratch (base model, new adapter)'} "
@@ -151,6 +163,8 @@ def render_text(doc: dict, html: str | None = None, reproduction=()) -> str:
     for r in reproduction:
         lines.append(f"  reproduction: {r.reason()}")
     lines.append(f"verdict: {doc['verdict'].upper().replace('_', ' ')}")
+    if why:
+        lines.append(f"  {why}")
     if html:
         lines.append(f"report: {html}")
     return "\n".join(lines)
@@ -158,7 +172,6 @@ def render_text(doc: dict, html: str | None = None, reproduction=()) -> str:
 
 def rerun_command(run_dir, from_step=None, steps=None, device="auto", out=None, fmt="text",
                   cmd=None, rule_id=None, baseline=False) -> None:
-    import os
     try:
         doc, plan, extra = execute(run_dir, from_step=from_step, steps=steps, device=device,
                                    out=out, cmd=cmd, rule_id=rule_id, baseline=baseline)
@@ -170,7 +183,7 @@ def rerun_command(run_dir, from_step=None, steps=None, device="auto", out=None, 
         from lorascope.report.rerun_html import write_rerun_html
         target = extra["out_root"] / f"{plan.run_name}-rerun.html"
         write_rerun_html(doc, extra["original"], extra["baseline"], extra["fixed"], target,
-                         reproduction=extra.get("reproduction", ()))
+                         reproduction=extra.get("reproduction", ()), why=extra.get("why"))
         html = str(target)
     except Exception as e:  # the verdict stands without its chart
         if os.environ.get("LORASCOPE_DEBUG"):
@@ -179,5 +192,5 @@ def rerun_command(run_dir, from_step=None, steps=None, device="auto", out=None, 
     if fmt == "json":
         click.echo(json.dumps(doc, indent=2, allow_nan=False, ensure_ascii=False))
     else:
-        click.echo(render_text(doc, html, extra.get("reproduction", ())))
+        click.echo(render_text(doc, html, extra.get("reproduction", ()), extra.get("why")))
     sys.exit(EXIT[doc["verdict"]])

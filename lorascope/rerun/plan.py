@@ -174,6 +174,35 @@ def replay_end(start: int, onset: int, symptom_end: int, *, steps: int | None,
     return max(end, start + MIN_LOG_INTERVALS * log_every)
 
 
+def check_window(rule: str, onset: int, ckpt: CheckpointRef | None, end: int,
+                 ckpts: list[CheckpointRef], *, from_step: int | None = None,
+                 steps: int | None = None) -> None:
+    """The replay must hold the symptom's first step: resumed from a save strictly before
+    the onset (a checkpoint at step N holds the weights after step N, so checkpoint-<onset>
+    already took the failing step) and running at least to the onset. Otherwise the fixed
+    replay cannot show the symptom whatever the fix does, and a clean window would read as
+    'fixed' without testing anything: a RerunError (exit 2) before any training, naming the
+    setting that would work."""
+    start = ckpt.step if ckpt is not None else 0
+    if ckpt is not None and start >= onset:        # from scratch holds every step
+        before = [c for c in ckpts if c.step < onset]
+        use = (f"--from-step {before[-1].step} (the last checkpoint before it)" if before
+               else "--from-step 0 (no checkpoint before it: from scratch)")
+        asked = f"--from-step {from_step}: " if from_step is not None else ""
+        raise RerunError(f"{asked}the checkpoint at step {start} is at or after the onset of "
+                         f"{rule} (step {onset}), so the replay would start past the failure "
+                         f"and could not show whether the fix prevents it; use {use}")
+    if end < onset:
+        if steps is not None:
+            raise RerunError(f"--steps {steps}: the replay (steps {start + 1}-{end}) would end "
+                             f"before the onset of {rule} (step {onset}), so it could not show "
+                             f"whether the fix prevents it; use --steps {onset - start} or "
+                             f"more, or leave --steps out")
+        raise RerunError(f"the replay window (steps {start + 1}-{end}) ends before the onset of "
+                         f"{rule} (step {onset}): the run's planned total is shorter than "
+                         f"its log; pass --steps {onset - start} or more")
+
+
 def make_plan(analysis, *, rule_id: str | None = None, from_step: int | None = None,
               steps: int | None = None) -> Plan:
     run = analysis.run
@@ -212,6 +241,7 @@ def make_plan(analysis, *, rule_id: str | None = None, from_step: int | None = N
                      logging_steps=run.config.get("logging_steps"), planned=planned)
     if end <= start:
         raise RerunError(f"empty replay window ({start}..{end})")
+    check_window(f.rule, onset, ckpt, end, found, from_step=from_step, steps=steps)
     return Plan(run_dir=run_dir, run_name=run.name, rule=f.rule, onset=onset,
                 symptom_end=symptom_end, checkpoint=ckpt, start=start, end=end,
                 fix=dict(f.fix), planned=planned, notes=notes)

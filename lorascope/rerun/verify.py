@@ -6,6 +6,9 @@ verdict
   not_fixed     the diagnosed symptom still appears with the fix applied
   inconclusive  the baseline was asked for but did not reproduce, a training failed, or a
                 replay does not reproduce the original run at its first replayed step
+                (a baseline that did not reproduce comes with ``baseline_shortfall``: what
+                it showed against the rules' ratios, where it left the original path, and
+                what to try: --from-step 0 after a resumed replay's fresh optimizer)
 
 A symptom is the diagnosed rule or any rule that can own the same curve episode
 (lorascope.curves): loss.spike and loss.divergence both report a loss that rose above its
@@ -154,6 +157,133 @@ def check_reproduction(original, replay, start: int, label: str = "replay") -> R
     else:
         ok = abs(rep - orig) <= tol * max(abs(orig), REPRO_ATOL) + REPRO_ATOL
     return Reproduction(label, bool(ok), step=step, original=orig, replayed=rep, tolerance=tol)
+
+
+def departure(original, replay, start: int) -> tuple[int, int, float, float] | None:
+    """Where a replay leaves the original run's path: the first step after ``start`` that
+    both log whose train loss is off the original's by more than REPRO_RTOL, as
+    (last step still on the path, that step, original loss, replayed loss); ``start`` is
+    the last step on the path when the first one is off already. None: it stays within
+    REPRO_RTOL at every common step."""
+    import numpy as np
+    o_st, o_v = _train_points(original)
+    r_st, r_v = _train_points(replay)
+    prev = start
+    for step in np.intersect1d(o_st[o_st > start], r_st[r_st > start]):
+        o = float(o_v[o_st == step][-1])
+        r = float(r_v[r_st == step][0])
+        same = (o == r or (not math.isfinite(o) and not math.isfinite(r))) or (
+            math.isfinite(o) and math.isfinite(r)
+            and abs(r - o) <= REPRO_RTOL * max(abs(o), REPRO_ATOL) + REPRO_ATOL)
+        if not same:
+            return prev, int(step), o, r
+        prev = int(step)
+    return None
+
+
+def _times(a: float | None, b: float | None) -> str:
+    """a against b: 'x1.47' for positive levels, '+0.62' otherwise."""
+    if a is None or b is None:
+        return "?"
+    return f"x{a / b:.2f}" if a > 0 and b > 0 else f"{a - b:+.3g}"
+
+
+def _g(v: float | None) -> str:
+    return "?" if v is None else f"{v:.3g}"
+
+
+def _size(e) -> tuple[float | None, str]:
+    """An episode's size as its owner judges it: the end level of a climb that stays up,
+    else the peak."""
+    if e.kind == "excursion" and e.recovered is False:
+        return e.end_level, "at its end"
+    return e.peak_level, f"at step {e.peak}"
+
+
+def _criteria(rules: set[str], catalog: dict) -> list[str]:
+    from lorascope.curves.params import Thresholds
+    T = Thresholds(catalog)
+    out = []
+    if "loss.divergence" in rules and T.enabled("loss.divergence"):
+        out.append(f"loss.divergence needs a climb that stays "
+                   f"x{float(T.rule('loss.divergence', 'min_ratio')):g} up")
+    if "loss.spike" in rules and T.enabled("loss.spike"):
+        out.append(f"loss.spike a jump of x{float(T.rule('loss.spike', 'min_ratio')):g}")
+    return out
+
+
+def baseline_shortfall(plan: Plan, original_run, baseline_run, catalog: dict) -> str:
+    """Why the baseline replay (the original settings, no fix) did not call the diagnosed
+    symptom back, in the detectors' numbers, and what the user can do about it: one line
+    for stderr, the text verdict and the HTML report. ``baseline_run``: the replay's run
+    as ``findings_in_window`` analysed it (its curves prefixed with the original's)."""
+    import numpy as np
+
+    from lorascope.curves import analyze_curves
+    rule = plan.rule
+    parts: list[str] = []
+    o_ca = analyze_curves(original_run, catalog)
+    owned = [e for e in o_ca.episodes if e.owner == rule]
+    head = next((e for e in owned if e.onset == plan.onset), owned[0] if owned else None)
+    before = head.before if head is not None else None
+    b_loss = baseline_run.primary("train_loss")
+    steps, vals = _train_points(b_loss)
+    tail = None
+    if (steps > plan.start).any():
+        # the level over the curve's last tenth, as the climb backstop reads it
+        tail = float(np.median(vals[-max(3, len(vals) // 10):]))
+    b_ca = analyze_curves(baseline_run, catalog)
+    eps = [e for e in b_ca.episodes if e.kind in ("excursion", "spike") and e.onset is not None
+           and e.onset > plan.start and (b_ca.train is None or e.series == b_ca.train)]
+    ep = max(eps, key=lambda e: e.magnitude) if eps else None
+    if ep is not None and ep.before is not None and ep.peak_level is not None and (
+            ep.kind == "spike" or ep.recovered):
+        said = (f"the baseline replay's loss rose {_times(ep.peak_level, ep.before)} above its "
+                f"earlier level ({_g(ep.before)} to {_g(ep.peak_level)} at step {ep.peak})"
+                + (f" but came back to {_g(ep.end_level)} by step {ep.end}" if ep.recovered
+                   else " at its last logged point"))
+        if tail is not None:
+            said += (f"; its level over the run's last tenth was {_g(tail)} "
+                     f"({_times(tail, ep.before)})")
+    elif ep is not None and ep.before is not None and ep.end_level is not None:
+        said = (f"the baseline replay's loss climbed from {_g(ep.before)} to {_g(ep.end_level)} "
+                f"({_times(ep.end_level, ep.before)}) at its end")
+    elif tail is not None and before is not None:
+        said = (f"the baseline replay's level over the run's last tenth was {_g(tail)} "
+                f"({_times(tail, before)} the level {_g(before)} before the symptom)")
+    else:
+        said = "the baseline replay's loss showed no rise"
+    crit = _criteria(same_symptom(rule), catalog)
+    if head is not None:
+        size, where = _size(head)
+        crit.append(f"the original run's {rule} was {_times(size, head.before)} {where}")
+    parts.append(said + (" (" + "; ".join(crit) + ")" if crit else ""))
+    dep = departure(original_run.primary("train_loss"), b_loss, plan.start)
+    if dep is not None:
+        prev, step, o, r = dep
+        parts.append(f"it followed the original run to step {prev} and left it at step {step} "
+                     f"(loss {r:.4g} where the original logged {o:.4g})")
+    last = original_run.steps.last
+    longer = last is not None and plan.end < int(last)
+    if plan.checkpoint is not None:
+        # left at once: at the first logged step after the one that reproduced the original
+        at_once = dep is not None and int(np.sum((steps > plan.start) & (steps < dep[1]))) <= 1
+        parts.append("a replay resumed from a checkpoint starts a fresh optimizer (lorascope "
+                     "never unpickles optimizer.pt): at the original learning rate its first "
+                     "updates are larger than the original run's"
+                     + (", the likely reason it left the original path at once" if at_once else ""))
+        parts.append(f"rerun with --from-step 0 to replay from the base model, where the "
+                     f"original run's optimizer was fresh too ({plan.end} steps instead of "
+                     f"{plan.steps})" + (f", or replay longer with --steps {int(last) - plan.start}"
+                                         if longer else ""))
+    else:
+        parts.append("the replay started from the base model as the original run did; training "
+                     "at these settings amplifies small numerical differences, so a replay can "
+                     "land on either side of the rule's threshold")
+        parts.append("compare the curves in the rerun report, or replay with your own trainer "
+                     "(--cmd)" + (f", or replay longer with --steps {int(last) - plan.start}"
+                                  if longer else ""))
+    return "inconclusive because " + "; ".join(parts)
 
 
 def same_symptom(rule: str) -> set[str]:

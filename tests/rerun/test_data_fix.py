@@ -130,18 +130,35 @@ def test_list_valued_fix_reads_well_in_text_and_html_and_stays_a_list_in_json():
 @pytest.mark.slow
 def test_kohya_adapter_only_resume_continues_the_original_run(tmp_path):
     """From the LoRA file saved at step 120 (network_weights + initial_step): the first
-    replayed step runs the saved adapter on the original's batch, so it logs its loss."""
+    replayed step runs the saved adapter on the original's batch, so it logs its loss.
+    sd-lr-spike spikes from step 116, so `rerun --from-step 120` is refused (that replay
+    could not show the spike); the backend is driven here with a window after that save."""
+    from dataclasses import replace
+
+    from lorascope.pipeline import analyze
+    from lorascope.rerun import backend_cmd, verify
+    from lorascope.rerun.plan import make_plan
     run = fixture_run("sd-lr-spike")
     out = tmp_path / "out"
     r = lorascope("rerun", run, "--fix", "--cmd", f"{sys.executable} {TRAINER} {{config}}",
-                  "--format", "json", "--out", out, "--from-step", "120", "--steps", "10")
-    doc = json.loads(r.stdout)
-    assert doc["resumed_from"]["step"] == 120
-    assert doc["resumed_from"]["checkpoint"].endswith("output/shapesdemo-000002.safetensors")
-    assert doc["fixed"]["steps"] == [120, 130]
+                  "--out", out, "--from-step", "120", "--steps", "10")
+    assert r.returncode == 2 and "at or after the onset of loss.spike (step 116)" in r.stderr
+    a = analyze(run)
+    ck = next(c for c in find_checkpoints(run) if c.step == 120)
+    plan = replace(make_plan(a, from_step=0), checkpoint=ck, start=120, end=130)
+    (out / "sd-lr-spike-fixed").mkdir(parents=True)
+    res = backend_cmd.replay(a.run, plan, plan.fix, out / "sd-lr-spike-fixed",
+                             f"{sys.executable} {TRAINER} {{config}}")
+    assert res.ok, res.error
+    assert ck.path.name == "shapesdemo-000002.safetensors"
     cfg = (out / "sd-lr-spike-fixed" / "lorascope-rerun-config.toml").read_text(encoding="utf-8")
     assert "initial_step = 120" in cfg and "shapesdemo-000002.safetensors" in cfg
-    assert "the fixed replay reproduces the original run at step 121" in r.stderr
+    _, an = verify.findings_in_window(res.out_dir, 120, 130, a.run)
+    assert an.run.primary("train_loss").steps[-1] == 130
+    rep = verify.check_reproduction(a.run.primary("train_loss"), an.run.primary("train_loss"),
+                                    120, "fixed")
+    assert rep.ok and rep.reason().startswith("the fixed replay reproduces the original run "
+                                              "at step 121")
 
 
 def test_dataset_toml_image_dir_is_pointed_at_the_filtered_copy(tmp_path):

@@ -104,7 +104,11 @@ def test_replay_on_another_data_pipeline_is_inconclusive(diverging, tmp_path):
     cfg = yaml.safe_load((run / "train_lora.yaml").read_text())
     del cfg["train_on_prompt"]
     (run / "train_lora.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    code, out, err = _rerun([str(run), "--fix", "--device", "cpu", "--steps", "3",
+    from lorascope.pipeline import analyze
+    from lorascope.rerun.plan import make_plan
+    plan = make_plan(analyze(run))
+    few = plan.onset - plan.start          # the shortest window that still holds the onset
+    code, out, err = _rerun([str(run), "--fix", "--device", "cpu", "--steps", str(few),
                              "--out", str(tmp_path / "o")])
     assert code == 1 and "verdict: INCONCLUSIVE" in out
     start = int(out.split("at step ")[1].split()[0])
