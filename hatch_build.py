@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
@@ -27,8 +28,10 @@ def build_in_place() -> list[str]:
                          "script_name": "hatch_build.py"})
     cmd = build_ext(dist)
     cmd.inplace = True
-    cmd.ensure_finalized()
-    cmd.run()
+    with tempfile.TemporaryDirectory() as scratch:     # object files: not in the checkout
+        cmd.build_temp = scratch
+        cmd.ensure_finalized()
+        cmd.run()
     return [Path(cmd.get_ext_fullpath(ext.name)).resolve().relative_to(HERE).as_posix()]
 
 

@@ -226,7 +226,23 @@ def _timed(cmd: list[str], **kw) -> tuple[float, float]:
 
 
 def _env(root: Path = ROOT) -> dict:
-    return dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    """The CLI's environment: ``root``'s lorascope first, with its bytecode compiled and
+    used, as after ``pip install`` (PYTHONDONTWRITEBYTECODE, set on some machines, would
+    make every start compile the package again)."""
+    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env.pop("PYTHONPYCACHEPREFIX", None)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(Path(root) / "lorascope")],
+                   env=env, stdout=subprocess.DEVNULL, check=False)
+    return env
+
+
+def _compiled_scan(root: Path = ROOT) -> str:
+    """Whether ``root``'s lorascope scans with the compiled pass (built in place)."""
+    r = subprocess.run([sys.executable, "-c", "import lorascope.ingest._tensorscan as t; "
+                        "print('compiled' if getattr(t, 'KERNEL', None) else 'numpy')"],
+                       env=_env(root), capture_output=True, text=True, cwd=root)
+    return r.stdout.strip() or "unknown"
 
 
 def _best(runs: list[tuple[float, float]]) -> dict:
@@ -264,6 +280,8 @@ def matrix(a) -> None:
         warm(tiny)
         _timed(inspect_cmd(tiny), env=env, cwd=td)
         start = _best([_timed(inspect_cmd(tiny), env=env, cwd=td) for _ in range(max(3, a.repeat))])
+        print(f"scan: {_compiled_scan()} here" + (f", {_compiled_scan(a.baseline)} in the baseline"
+                                                  if a.baseline else ""))
         print(f"{os.cpu_count()} CPUs; start-up, `lorascope inspect` on a one-layer file: "
               f"{start['wall']:.3f} s (cpu {start['cpu']:.2f}; runs {', '.join(f'{x:.3f}' for x in start['all'])})")
         print(f"{'file':<16} {'layers':>6} {'GB':>5} {'load':>4} | {'cache GB/s':>10} | "

@@ -12,14 +12,34 @@ from helpers import ROOT, write_trainer_state
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory):
-    out = tmp_path_factory.mktemp("wheel")
+def _build_wheel(out, **env):
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)],
-                       capture_output=True, text=True, timeout=600)
+                       capture_output=True, text=True, timeout=600, env=dict(os.environ, **env))
     if r.returncode != 0:
         pytest.skip(f"cannot build a wheel here: {r.stderr.strip()[-200:]}")
     return next(out.glob("lorascope-*.whl"))
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    return _build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+def _install(wheel, target):
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
+                    str(wheel)], check=True, timeout=300)
+
+
+SCAN_PATH = ("import sys; sys.path.insert(0, sys.argv[1]); import lorascope.ingest._tensorscan as t; "
+             "assert t.__file__.startswith(sys.argv[1]), t.__file__; "
+             "print('compiled' if t.KERNEL is not None else 'numpy')")
+
+
+def _cc() -> bool:
+    import shutil
+    import sysconfig
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    return shutil.which(cc) is not None
 
 
 def test_wheel_carries_catalog_and_templates(wheel):
@@ -36,10 +56,36 @@ def test_wheel_carries_catalog_and_templates(wheel):
     assert "lorascope = lorascope.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
 
 
+def test_wheel_carries_the_compiled_scan_where_a_compiler_is(wheel, tmp_path):
+    """With a C compiler at build time the wheel holds the checkpoint scan's compiled pass
+    (a platform wheel) and the installed lorascope uses it."""
+    if not _cc():
+        pytest.skip("no C compiler here: the wheel is pure Python (next test)")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert any(n.startswith("lorascope/ingest/_scankernel.") and n.endswith((".so", ".pyd")) for n in names), names
+    assert not wheel.name.endswith("-none-any.whl"), wheel.name
+    _install(wheel, tmp_path / "site")
+    r = subprocess.run([sys.executable, "-c", SCAN_PATH, str(tmp_path / "site")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == "compiled", r.stderr
+
+
+def test_without_the_compiled_scan_the_wheel_is_pure_and_scans_with_numpy(tmp_path):
+    """LORASCOPE_NO_KERNEL=1 (what a machine without a compiler gets): a pure-Python wheel
+    whose lorascope reads adapters with numpy alone, to the same statistics."""
+    plain = _build_wheel(tmp_path / "w", LORASCOPE_NO_KERNEL="1")
+    assert plain.name.endswith("-py3-none-any.whl"), plain.name
+    assert not any("_scankernel." in n and not n.endswith((".pyx", ".h"))
+                   for n in zipfile.ZipFile(plain).namelist())
+    _install(plain, tmp_path / "site")
+    r = subprocess.run([sys.executable, "-c", SCAN_PATH, str(tmp_path / "site")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == "numpy", r.stderr
+
+
 def test_installed_wheel_analyzes_and_writes_html(wheel, tmp_path):
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
-                    str(wheel)], check=True, timeout=300)
+    _install(wheel, target)
     run = tmp_path / "run"
     write_trainer_state(run, [{"step": s, "loss": 1.0 / s + 0.5} for s in range(1, 41)],
                         max_steps=80, global_step=40)

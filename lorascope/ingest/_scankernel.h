@@ -151,25 +151,32 @@ LS_DIAG(16, 8)
 
 /* Outer-product form for rank W = 16, 32 or 64: G rows c0..c0+CH of x^T x in registers,
  * each data row loaded once and every G row updated with a broadcast of one of its
- * values: out[c * W + s] += sum over rows of x[c0 + c] * x[s] */
-#define LS_OUTER(W, CH)                                                                  \
-    LS_INLINE void ls_outer##W(const float *x, int64_t rows, int c0, float *out) {      \
+ * values: out[c * W + s] += sum over rows of x[c0 + c] * x[s], for the columns from
+ * 16 * H0 = 16 * (c0 / 16) on (the upper triangle and the rest of its 16-wide blocks;
+ * the caller mirrors it) */
+#define LS_OUTER(W, CH, H0)                                                              \
+    LS_INLINE void ls_outer##W##_##H0(const float *x, int64_t rows, int c0, float *out) { \
         ls_v16 a[CH][W / 16];                                                            \
-        memset(a, 0, sizeof a);                                                          \
+        for (int c = 0; c < CH; c++)                                                     \
+            for (int h = H0; h < W / 16; h++) a[c][h] = (ls_v16){0};                     \
         for (int64_t m = 0; m < rows; m++) {                                             \
             const float *row = x + m * W;                                                \
             ls_v16 v[W / 16];                                                            \
-            for (int h = 0; h < W / 16; h++) v[h] = ls_load(row + 16 * h);               \
+            for (int h = H0; h < W / 16; h++) v[h] = ls_load(row + 16 * h);              \
             for (int c = 0; c < CH; c++)                                                 \
-                for (int h = 0; h < W / 16; h++) a[c][h] += row[c0 + c] * v[h];          \
+                for (int h = H0; h < W / 16; h++) a[c][h] += row[c0 + c] * v[h];         \
         }                                                                                \
         for (int c = 0; c < CH; c++)                                                     \
-            for (int h = 0; h < W / 16; h++)                                             \
+            for (int h = H0; h < W / 16; h++)                                            \
                 for (int l = 0; l < 16; l++) out[c * W + 16 * h + l] += a[c][h][l];      \
     }
-LS_OUTER(16, 16)
-LS_OUTER(32, 8)
-LS_OUTER(64, 4)
+LS_OUTER(16, 16, 0)
+LS_OUTER(32, 8, 0)
+LS_OUTER(32, 8, 1)
+LS_OUTER(64, 4, 0)
+LS_OUTER(64, 4, 1)
+LS_OUTER(64, 4, 2)
+LS_OUTER(64, 4, 3)
 
 /* Up weight [rows, r] at element i0: x^T x.  Diagonal form: for every offset d < r,
  * acc[d][s] += x[m + s] * x[m + s + d] over the flat values in steps of S (a multiple of
@@ -196,11 +203,17 @@ LS_INLINE void ls_gram_up(int code, const void *src, int64_t i0, int64_t rows, i
             else if (r == 4) ls_diag16_4(tmp, padded, 0, acc);
             else ls_diag16_8(tmp, padded, 0, acc);
         } else if (r == 16) {
-            ls_outer16(tmp, nr, 0, acc);
+            ls_outer16_0(tmp, nr, 0, acc);
         } else if (r == 32) {
-            for (int c = 0; c < 32; c += 8) ls_outer32(tmp, nr, c, acc + c * 32);
+            ls_outer32_0(tmp, nr, 0, acc);
+            ls_outer32_0(tmp, nr, 8, acc + 8 * 32);
+            ls_outer32_1(tmp, nr, 16, acc + 16 * 32);
+            ls_outer32_1(tmp, nr, 24, acc + 24 * 32);
         } else if (r == 64) {
-            for (int c = 0; c < 64; c += 4) ls_outer64(tmp, nr, c, acc + c * 64);
+            for (int c = 0; c < 16; c += 4) ls_outer64_0(tmp, nr, c, acc + c * 64);
+            for (int c = 16; c < 32; c += 4) ls_outer64_1(tmp, nr, c, acc + c * 64);
+            for (int c = 32; c < 48; c += 4) ls_outer64_2(tmp, nr, c, acc + c * 64);
+            for (int c = 48; c < 64; c += 4) ls_outer64_3(tmp, nr, c, acc + c * 64);
         } else {
             for (int d = 0; d < r; d++) {
                 float *a = acc + (int64_t)d * S;
@@ -226,15 +239,17 @@ LS_INLINE void ls_gram_up(int code, const void *src, int64_t i0, int64_t rows, i
     }
 }
 
-/* Down weight [r, cols] at element i0: x x^T.  Blocks of COLS columns, widened row by
- * row; every pair i <= k of rows is a lane-wise dot product, eight at once, whose lanes
- * (acc, one ls_v16 per pair) go into float64 every FLUSH columns and at the end. */
+/* Down weight [r, cols] at element i0: x x^T.  Blocks of cb columns, widened row by row
+ * (rows up to a multiple of 4, the extra ones zero); the pairs of rows in tiles of 4 x 4:
+ * 8 loads feed 16 dot products, whose lanes (acc, 16 per tile, tiles in loop order) go
+ * into float64 every FLUSH columns and at the end. */
 LS_INLINE void ls_gram_down(int code, const void *src, int64_t i0, int64_t cols, int r,
                             float *tmp, float *acc, double *g, float *la, float *lq,
                             double *asum, double *qsum) {
-    int64_t pairs = (int64_t)r * (r + 1) / 2;
-    memset(acc, 0, (size_t)pairs * LANES * 4);
+    const int rp = (r + 3) & ~3;
     const int64_t cb = r > 32 ? COLS / 2 : COLS;        /* the block stays in L1 */
+    const int64_t tiles = (int64_t)(rp / 4) * (rp / 4 + 1) / 2;
+    memset(acc, 0, (size_t)tiles * 16 * LANES * 4);
     for (int64_t c = 0; c < cols; c += cb) {
         int64_t w = cols - c < cb ? cols - c : cb;
         int64_t wp = (w + LANES - 1) / LANES * LANES;
@@ -244,44 +259,38 @@ LS_INLINE void ls_gram_down(int code, const void *src, int64_t i0, int64_t cols,
             for (int64_t j = w; j < wp; j++) row[j] = 0;
             ls_sums(row, wp, la, lq);
         }
+        if (rp > r) memset(tmp + (int64_t)r * cb, 0, (size_t)(rp - r) * cb * 4);
         float *p = acc;
-        for (int i = 0; i < r; i++) {
-            const float *x = tmp + (int64_t)i * cb;
-            for (int k = i; k < r; k += 8) {
-                /* rows past the last are read as row i and their dots dropped */
-                const float *y0 = tmp + (int64_t)k * cb;
-                const float *y1 = k + 1 < r ? y0 + 1 * cb : x, *y2 = k + 2 < r ? y0 + 2 * cb : x;
-                const float *y3 = k + 3 < r ? y0 + 3 * cb : x, *y4 = k + 4 < r ? y0 + 4 * cb : x;
-                const float *y5 = k + 5 < r ? y0 + 5 * cb : x, *y6 = k + 6 < r ? y0 + 6 * cb : x;
-                const float *y7 = k + 7 < r ? y0 + 7 * cb : x;
-                ls_v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0};
-                for (int64_t j = 0; j < wp; j += LANES) {          /* named: in registers */
-                    ls_v16 v = ls_load(x + j);
-                    a0 += v * ls_load(y0 + j);
-                    a1 += v * ls_load(y1 + j);
-                    a2 += v * ls_load(y2 + j);
-                    a3 += v * ls_load(y3 + j);
-                    a4 += v * ls_load(y4 + j);
-                    a5 += v * ls_load(y5 + j);
-                    a6 += v * ls_load(y6 + j);
-                    a7 += v * ls_load(y7 + j);
+        for (int I = 0; I < rp; I += 4)
+            for (int K = I; K < rp; K += 4, p += 16 * LANES) {
+                const float *x0 = tmp + (int64_t)I * cb, *x1 = x0 + cb, *x2 = x1 + cb, *x3 = x2 + cb;
+                const float *y0 = tmp + (int64_t)K * cb, *y1 = y0 + cb, *y2 = y1 + cb, *y3 = y2 + cb;
+                ls_v16 t0 = {0}, t1 = {0}, t2 = {0}, t3 = {0}, t4 = {0}, t5 = {0}, t6 = {0}, t7 = {0};
+                ls_v16 t8 = {0}, t9 = {0}, t10 = {0}, t11 = {0}, t12 = {0}, t13 = {0}, t14 = {0}, t15 = {0};
+                for (int64_t j = 0; j < wp; j += LANES) {           /* named: in registers */
+                    ls_v16 a0 = ls_load(x0 + j), a1 = ls_load(x1 + j), a2 = ls_load(x2 + j), a3 = ls_load(x3 + j);
+                    ls_v16 b0 = ls_load(y0 + j), b1 = ls_load(y1 + j), b2 = ls_load(y2 + j), b3 = ls_load(y3 + j);
+                    t0 += a0 * b0; t1 += a0 * b1; t2 += a0 * b2; t3 += a0 * b3;
+                    t4 += a1 * b0; t5 += a1 * b1; t6 += a1 * b2; t7 += a1 * b3;
+                    t8 += a2 * b0; t9 += a2 * b1; t10 += a2 * b2; t11 += a2 * b3;
+                    t12 += a3 * b0; t13 += a3 * b1; t14 += a3 * b2; t15 += a3 * b3;
                 }
-                ls_v16 a[8] = {a0, a1, a2, a3, a4, a5, a6, a7};
-                int cnt = r - k < 8 ? r - k : 8;
-                for (int c2 = 0; c2 < cnt; c2++) ls_add(p + c2 * LANES, a[c2]);
-                p += cnt * LANES;
+                ls_v16 t[16] = {t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, t12, t13, t14, t15};
+                for (int q = 0; q < 16; q++) ls_add(p + q * LANES, t[q]);
             }
-        }
         *asum += ls_flush(la);
         *qsum += ls_flush(lq);
         if ((c + cb) % FLUSH == 0 || c + cb >= cols) {
             float *q = acc;
-            for (int i = 0; i < r; i++)
-                for (int k = i; k < r; k++, q += LANES) {
-                    double s = 0;
-                    for (int l = 0; l < LANES; l++) { s += q[l]; q[l] = 0; }
-                    g[i * r + k] += s;
-                }
+            for (int I = 0; I < rp; I += 4)
+                for (int K = I; K < rp; K += 4)
+                    for (int u = 0; u < 4; u++)
+                        for (int v = 0; v < 4; v++, q += LANES) {
+                            int i = I + u, k = K + v;
+                            double s = 0;
+                            for (int l = 0; l < LANES; l++) { s += q[l]; q[l] = 0; }
+                            if (i <= k && k < r) g[i * r + k] += s;
+                        }
         }
     }
 }
@@ -290,11 +299,11 @@ LS_INLINE void ls_gram_down(int code, const void *src, int64_t i0, int64_t cols,
 static int64_t ls_scratch(void) {
     int64_t t = BLOCK + 2 * KERNEL_RANK + 2 * LANES;
     if ((int64_t)KERNEL_RANK * COLS > t) t = (int64_t)KERNEL_RANK * COLS;
-    int64_t a = (int64_t)KERNEL_RANK * (KERNEL_RANK + 1) / 2 * LANES;
+    int64_t tiles = (int64_t)(KERNEL_RANK / 4) * (KERNEL_RANK / 4 + 1) / 2;
+    int64_t a = tiles * 16 * LANES;
     int64_t b = (int64_t)KERNEL_RANK * 2 * KERNEL_RANK;
     return t + (a > b ? a : b) + LANES;
 }
-
 LS_CLONES
 void ls_scan_span(int code, const void *src, int64_t nt, const int64_t *start,
                   const int64_t *count, const int8_t *axis, const int64_t *rank,

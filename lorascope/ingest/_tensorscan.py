@@ -9,8 +9,22 @@ scanned, and their Gram matrices are dropped.
 
 The caller describes the tensors as a :class:`Table` (one row per tensor, numpy arrays)
 and :func:`scan_table` fills its result arrays.  :class:`Job` / :func:`scan` are the same
-for a list of objects.  How it stays near the memory bandwidth with numpy alone
-(``bench/bench_ckpt.py``; ``bench/README.md`` has the numbers):
+for a list of objects.
+
+**The compiled pass.**  When lorascope was installed with a C compiler at hand,
+``_scankernel`` (Cython around the loops of ``_scankernel.h``, built by ``hatch_build.py``)
+takes a whole span of up to :data:`KERNEL_SPANS` x :data:`BATCH` elements in one call
+without the GIL: per tensor, the largest magnitude's bits, the |x| and x**2 sums, and the
+Gram matrices of down weights up to rank 64 and of up weights of the :data:`UP_RANKS`,
+widening 16-bit values in L1-sized blocks as it goes (float32 lanes, each block's lanes
+summed into float64).  Larger or odd ranks get their Gram matrices from BLAS over the
+float32 values it widened; a tensor with non-finite or extreme values is recomputed on
+the general path below.  Its loops are built for AVX-512, AVX2 and the baseline, chosen
+when the module loads.  Without it (``KERNEL`` None) the numpy path below gives the same
+statistics (tests run both; ``bench/scan_equivalence.py`` compares them on real files).
+
+How the numpy path stays near the memory bandwidth (``bench/bench_ckpt.py``;
+``bench/README.md`` has the numbers):
 
 * **Batches, vectorised.**  LoRA tensors are small (tens to hundreds of KiB) and lie back
   to back, so neighbouring tensors of one dtype are read as one span of up to
