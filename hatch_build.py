@@ -23,7 +23,7 @@ def build_in_place() -> list[str]:
     from setuptools.command.build_ext import build_ext
 
     ext = Extension("lorascope.ingest._scankernel", [SOURCE], include_dirs=["lorascope/ingest"],
-                    extra_compile_args=["-O3", "-g0"] if os.name != "nt" else ["/O2"])
+                    extra_compile_args=["-O3", "-g0", "-Wno-psabi"] if os.name != "nt" else ["/O2"])
     dist = Distribution({"ext_modules": cythonize([ext], quiet=True, language_level=3),
                          "script_name": "hatch_build.py"})
     cmd = build_ext(dist)

@@ -33,7 +33,7 @@
 
 #define LANES 16
 #define BLOCK 4096            /* float32 values widened at a time (16 KiB: L1) */
-#define COLS 256              /* columns of a down weight per block */
+#define COLS 512              /* columns of a down weight per block */
 #define FLUSH 16384          /* values per lane sum before it goes into float64 */
 #define KERNEL_RANK 64        /* Gram products up to this rank here, larger by BLAS */
 
@@ -61,19 +61,6 @@ LS_INLINE float ls_bf16(uint16_t h) {
     return f;
 }
 
-/* n values from src (element offset i0 of a span of dtype code) into dst */
-LS_INLINE void ls_widen(int code, const void *src, int64_t i0, int64_t n, float *dst) {
-    if (code == 1) {
-        const uint16_t *s = (const uint16_t *)src + i0;
-        for (int64_t i = 0; i < n; i++) dst[i] = ls_f16(s[i]);
-    } else if (code == 2) {
-        const uint16_t *s = (const uint16_t *)src + i0;
-        for (int64_t i = 0; i < n; i++) dst[i] = ls_bf16(s[i]);
-    } else {
-        memcpy(dst, (const float *)src + i0, (size_t)n * 4);
-    }
-}
-
 LS_INLINE uint32_t ls_maxbits(int code, const void *src, int64_t i0, int64_t n) {
     if (code == 3) {
         const uint32_t *s = (const uint32_t *)src + i0;
@@ -91,6 +78,33 @@ LS_INLINE uint32_t ls_maxbits(int code, const void *src, int64_t i0, int64_t n) 
         m = v > m ? v : m;
     }
     return m;
+}
+
+/* n values from src (element offset i0 of a span of dtype code) into dst; the largest
+ * magnitude bits among them into *mx (one pass over the stored values) */
+LS_INLINE void ls_widen(int code, const void *src, int64_t i0, int64_t n, float *dst,
+                        uint32_t *mx) {
+    if (code == 3) {
+        memcpy(dst, (const float *)src + i0, (size_t)n * 4);
+        uint32_t m = ls_maxbits(3, dst, 0, n);             /* from L1 */
+        if (m > *mx) *mx = m;
+        return;
+    }
+    const uint16_t *s = (const uint16_t *)src + i0;
+    uint16_t m = 0;
+    if (code == 1)
+        for (int64_t i = 0; i < n; i++) {
+            uint16_t v = s[i] & 0x7FFFu;
+            m = v > m ? v : m;
+            dst[i] = ls_f16(s[i]);
+        }
+    else
+        for (int64_t i = 0; i < n; i++) {
+            uint16_t v = s[i] & 0x7FFFu;
+            m = v > m ? v : m;
+            dst[i] = ls_bf16(s[i]);
+        }
+    if (m > *mx) *mx = m;
 }
 
 /* |x| and x*x of n floats (n a multiple of LANES; padding is zero) into lanes */
@@ -183,7 +197,7 @@ LS_OUTER(64, 4, 3)
  * r), so lane s belongs to column s % r and products that leave the row are dropped. */
 LS_INLINE void ls_gram_up(int code, const void *src, int64_t i0, int64_t rows, int r,
                           float *tmp, float *acc, double *g, float *la, float *lq,
-                          double *asum, double *qsum) {
+                          double *asum, double *qsum, uint32_t *mx) {
     int S = r >= LANES ? r : r * ((LANES + r - 1) / r);
     int64_t per = (BLOCK / S) * S / r;                 /* rows per block */
     if (per < 1) per = 1;
@@ -193,7 +207,7 @@ LS_INLINE void ls_gram_up(int code, const void *src, int64_t i0, int64_t rows, i
         int64_t nr = rows - q < per ? rows - q : per;
         int64_t n = nr * r;
         int64_t padded = (n + S - 1) / S * S;
-        ls_widen(code, src, i0 + q * r, n, tmp);
+        ls_widen(code, src, i0 + q * r, n, tmp, mx);
         memset(tmp + n, 0, (size_t)(padded - n + r + LANES) * 4);
         /* offsets outer, a few at once: their lanes stay in registers while the block
          * streams from L1 */
@@ -245,9 +259,9 @@ LS_INLINE void ls_gram_up(int code, const void *src, int64_t i0, int64_t rows, i
  * into float64 every FLUSH columns and at the end. */
 LS_INLINE void ls_gram_down(int code, const void *src, int64_t i0, int64_t cols, int r,
                             float *tmp, float *acc, double *g, float *la, float *lq,
-                            double *asum, double *qsum) {
+                            double *asum, double *qsum, uint32_t *mx) {
     const int rp = (r + 3) & ~3;
-    const int64_t cb = r > 32 ? COLS / 2 : COLS;        /* the block stays in L1 */
+    const int64_t cb = COLS;
     const int64_t tiles = (int64_t)(rp / 4) * (rp / 4 + 1) / 2;
     memset(acc, 0, (size_t)tiles * 16 * LANES * 4);
     for (int64_t c = 0; c < cols; c += cb) {
@@ -255,7 +269,7 @@ LS_INLINE void ls_gram_down(int code, const void *src, int64_t i0, int64_t cols,
         int64_t wp = (w + LANES - 1) / LANES * LANES;
         for (int i = 0; i < r; i++) {
             float *row = tmp + (int64_t)i * cb;
-            ls_widen(code, src, i0 + (int64_t)i * cols + c, w, row);
+            ls_widen(code, src, i0 + (int64_t)i * cols + c, w, row, mx);
             for (int64_t j = w; j < wp; j++) row[j] = 0;
             ls_sums(row, wp, la, lq);
         }
@@ -315,19 +329,19 @@ void ls_scan_span(int code, const void *src, int64_t nt, const int64_t *start,
     float *tmp = scratch, *acc = scratch + tsize;
     for (int64_t k = 0; k < nt; k++) {
         int64_t i0 = start[k], n = count[k];
-        maxbits[k] = ls_maxbits(code, src, i0, n);
+        uint32_t mb = 0;
         double as = 0, qs = 0;
         int r = (int)rank[k];
         if (goff[k] >= 0 && axis[k] == 0 && r > 0 && r <= KERNEL_RANK) {
             double *g = gram + goff[k];
             memset(g, 0, (size_t)r * r * 8);
-            ls_gram_up(code, src, i0, n / r, r, tmp, acc, g, la, lq, &as, &qs);
+            ls_gram_up(code, src, i0, n / r, r, tmp, acc, g, la, lq, &as, &qs, &mb);
             for (int i = 0; i < r; i++)
                 for (int j = 0; j < i; j++) g[i * r + j] = g[j * r + i];
         } else if (goff[k] >= 0 && axis[k] == 1 && r > 0 && r <= KERNEL_RANK) {
             double *g = gram + goff[k];
             memset(g, 0, (size_t)r * r * 8);
-            ls_gram_down(code, src, i0, n / r, r, tmp, acc, g, la, lq, &as, &qs);
+            ls_gram_down(code, src, i0, n / r, r, tmp, acc, g, la, lq, &as, &qs, &mb);
             for (int i = 0; i < r; i++)
                 for (int j = 0; j < i; j++) g[i * r + j] = g[j * r + i];
         } else {
@@ -337,9 +351,11 @@ void ls_scan_span(int code, const void *src, int64_t nt, const int64_t *start,
                 float *dst;
                 if (code == 3) {
                     dst = (float *)src + i0 + b;            /* float32 is read in place */
+                    uint32_t m3 = ls_maxbits(3, src, i0 + b, m);
+                    if (m3 > mb) mb = m3;
                 } else {
                     dst = wide_on ? wide + i0 + b : tmp;
-                    ls_widen(code, src, i0 + b, m, dst);
+                    ls_widen(code, src, i0 + b, m, dst, &mb);
                 }
                 if (mp != m) {             /* the tail goes through the scratch block */
                     if (dst != tmp) memcpy(tmp, dst, (size_t)m * 4);
@@ -351,6 +367,7 @@ void ls_scan_span(int code, const void *src, int64_t nt, const int64_t *start,
                 qs += ls_flush(lq);
             }
         }
+        maxbits[k] = mb;
         abs_sum[k] = as;
         sq_sum[k] = qs;
     }
