@@ -186,11 +186,11 @@ LS_DIAG(16, 8)
     }
 LS_OUTER(16, 16, 0)
 LS_OUTER(32, 8, 0)
-LS_OUTER(32, 8, 1)
+LS_OUTER(32, 16, 1)
 LS_OUTER(64, 4, 0)
-LS_OUTER(64, 4, 1)
-LS_OUTER(64, 4, 2)
-LS_OUTER(64, 4, 3)
+LS_OUTER(64, 8, 1)
+LS_OUTER(64, 8, 2)
+LS_OUTER(64, 16, 3)
 
 /* Up weight [rows, r] at element i0: x^T x.  Diagonal form: for every offset d < r,
  * acc[d][s] += x[m + s] * x[m + s + d] over the flat values in steps of S (a multiple of
@@ -222,12 +222,12 @@ LS_INLINE void ls_gram_up(int code, const void *src, int64_t i0, int64_t rows, i
             ls_outer32_0(tmp, nr, 0, acc);
             ls_outer32_0(tmp, nr, 8, acc + 8 * 32);
             ls_outer32_1(tmp, nr, 16, acc + 16 * 32);
-            ls_outer32_1(tmp, nr, 24, acc + 24 * 32);
         } else if (r == 64) {
             for (int c = 0; c < 16; c += 4) ls_outer64_0(tmp, nr, c, acc + c * 64);
-            for (int c = 16; c < 32; c += 4) ls_outer64_1(tmp, nr, c, acc + c * 64);
-            for (int c = 32; c < 48; c += 4) ls_outer64_2(tmp, nr, c, acc + c * 64);
-            for (int c = 48; c < 64; c += 4) ls_outer64_3(tmp, nr, c, acc + c * 64);
+            /* fewer columns to the right: more G rows per pass (16 accumulators or so) */
+            for (int c = 16; c < 32; c += 8) ls_outer64_1(tmp, nr, c, acc + c * 64);
+            for (int c = 32; c < 48; c += 8) ls_outer64_2(tmp, nr, c, acc + c * 64);
+            ls_outer64_3(tmp, nr, 48, acc + 48 * 64);
         } else {
             for (int d = 0; d < r; d++) {
                 float *a = acc + (int64_t)d * S;
