@@ -14,6 +14,7 @@ cdef extern from "_scankernel.h" nogil:
                       double *sq_sum, double *gram, float *wide, int wide_on,
                       float *scratch)
 
+ABI = 1                   # scan_span's arguments and meaning; _tensorscan.py checks it
 RANK = KERNEL_RANK        # Gram products up to this rank are computed here
 SCRATCH = ls_scratch()    # float32 elements of scratch a call needs
 

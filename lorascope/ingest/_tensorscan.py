@@ -85,9 +85,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+KERNEL_ABI = 1                         # the compiled pass this code calls (_scankernel.ABI)
 try:                                   # the compiled single pass, when it was built
     from lorascope.ingest import _scankernel as KERNEL
 except ImportError:                    # no C compiler at install: numpy alone, same numbers
+    KERNEL = None
+if getattr(KERNEL, "ABI", None) != KERNEL_ABI:   # a module left by an older build
     KERNEL = None
 
 BATCH = 1 << 18                        # float32 elements per span (1 MiB)

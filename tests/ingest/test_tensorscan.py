@@ -437,3 +437,18 @@ def test_compiled_pass_refuses_offsets_outside_its_buffers(scan_path):
     with pytest.raises(ValueError):                         # scratch too small
         k.scan_span(1, raw, ok["start"], ok["count"], np.array([-1], np.int8), ok["rank"],
                     ok["goff"], *out, np.zeros(0), none, scratch[:10])
+
+
+def test_a_compiled_module_of_another_build_is_not_used(scan_path):
+    """A module left in place by an older build (its ABI differs) must not be called with
+    this code's arguments: the scan falls back to numpy."""
+    import subprocess
+    import sys
+    if scan_path != "numpy":
+        pytest.skip("one run is enough")
+    code = ("import sys, types; m = types.ModuleType('lorascope.ingest._scankernel'); m.ABI = -1; "
+            "sys.modules[m.__name__] = m; import lorascope.ingest._tensorscan as t; "
+            "print('numpy' if t.KERNEL is None else 'stale')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env=dict(__import__("os").environ, PYTHONPATH=str(Path(ts.__file__).parents[2])))
+    assert r.stdout.strip() == "numpy", r.stderr
