@@ -368,17 +368,16 @@ class Scanner:
                         begin + (r * row_len + col) * isz)
         return self.io[:rows * width * isz].view(dtype).reshape(rows, width)
 
-    def widen(self, dtype: str, raw: np.ndarray, at: int = 0) -> np.ndarray:
-        """float32 values of raw bits (any shape) of a FAST dtype (in the float32 buffer
-        from element ``at``)."""
+    def widen(self, dtype: str, raw: np.ndarray) -> np.ndarray:
+        """float32 values of raw bits (any shape) of a FAST dtype."""
         if dtype == "F32":
             x = raw.view("<f4")
             if x.flags.c_contiguous:
                 return x
-            out = self.buf[at:at + raw.size].reshape(raw.shape)
+            out = self.buf[:raw.size].reshape(raw.shape)
             np.copyto(out, x)
             return out
-        out = self.buf[at:at + raw.size].reshape(raw.shape)
+        out = self.buf[:raw.size].reshape(raw.shape)
         # a plain widening copy, then in-place bit work (faster than a casting shift)
         if dtype == "BF16":
             u = out.view(np.uint32)
@@ -475,9 +474,9 @@ class Scanner:
                  n_el: np.ndarray) -> None:
         """:meth:`batch` through the compiled pass: every tensor's maximum bits, |x| and
         x**2 sums, and the Gram matrices it computes (down weights up to its rank, up
-        weights of the UP_RANKS), in one call without the GIL; larger
-        ranks by BLAS over the float32 values it widened; a tensor with non-finite or
-        extreme values again on the general path."""
+        weights of the UP_RANKS), in one call without the GIL; larger ranks by BLAS over
+        the float32 values it widened; a tensor with non-finite or extreme values again
+        on the general path."""
         tab = self.tab
         code = {"F16": 1, "BF16": 2, "F32": 3}[dtype]
         n = len(rows)
