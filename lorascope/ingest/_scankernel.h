@@ -124,15 +124,26 @@ LS_INLINE void ls_add(float *p, ls_v16 v) {
 }
 
 LS_INLINE void ls_sums(const float *x, int64_t n, float *la, float *lq) {
-    ls_v16 a = {0}, q = {0};
-    const ls_v16 sign = {-0.0f, -0.0f, -0.0f, -0.0f, -0.0f, -0.0f, -0.0f, -0.0f,
-                         -0.0f, -0.0f, -0.0f, -0.0f, -0.0f, -0.0f, -0.0f, -0.0f};
-    for (int64_t j = 0; j < n; j += LANES) {
-        ls_v16 v = ls_load(x + j);
-        typedef int32_t ls_i16 __attribute__((vector_size(64)));
-        a += (ls_v16)((ls_i16)v & ~(ls_i16)sign);
-        q += v * v;
+    typedef int32_t ls_i16 __attribute__((vector_size(64)));
+    const ls_i16 mag = {0x7FFFFFFF, 0x7FFFFFFF, 0x7FFFFFFF, 0x7FFFFFFF, 0x7FFFFFFF, 0x7FFFFFFF,
+                        0x7FFFFFFF, 0x7FFFFFFF, 0x7FFFFFFF, 0x7FFFFFFF, 0x7FFFFFFF, 0x7FFFFFFF,
+                        0x7FFFFFFF, 0x7FFFFFFF, 0x7FFFFFFF, 0x7FFFFFFF};
+    /* four chains each: the adds' latency, not their throughput, would bound one */
+    ls_v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, q0 = {0}, q1 = {0}, q2 = {0}, q3 = {0};
+    int64_t j = 0;
+    for (; j + 4 * LANES <= n; j += 4 * LANES) {
+        ls_v16 v0 = ls_load(x + j), v1 = ls_load(x + j + 16), v2 = ls_load(x + j + 32), v3 = ls_load(x + j + 48);
+        a0 += (ls_v16)((ls_i16)v0 & mag); q0 += v0 * v0;
+        a1 += (ls_v16)((ls_i16)v1 & mag); q1 += v1 * v1;
+        a2 += (ls_v16)((ls_i16)v2 & mag); q2 += v2 * v2;
+        a3 += (ls_v16)((ls_i16)v3 & mag); q3 += v3 * v3;
     }
+    for (; j < n; j += LANES) {
+        ls_v16 v = ls_load(x + j);
+        a0 += (ls_v16)((ls_i16)v & mag);
+        q0 += v * v;
+    }
+    ls_v16 a = (a0 + a1) + (a2 + a3), q = (q0 + q1) + (q2 + q3);
     for (int l = 0; l < LANES; l++) { la[l] += a[l]; lq[l] += q[l]; }
 }
 
