@@ -7,16 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import FIXTURES, lorascope as cli, write_trainer_state
+from helpers import fixture_run, lorascope as cli, write_trainer_state
 
 import lorascope
-
-
-def fixture(name):
-    p = FIXTURES / name
-    if not p.is_dir():
-        pytest.skip("fixtures not generated")
-    return p
 
 
 def test_import_lorascope_stays_light():
@@ -37,7 +30,7 @@ def test_scalars_are_the_event_files_points(tmp_path):
     """The tidy frame holds every point TensorBoard's own reader (tbparse) finds, with
     its wall time and file."""
     tbparse = pytest.importorskip("tbparse")
-    run = fixture("hf-lr-diverge")
+    run = fixture_run("hf-lr-diverge")
     data = lorascope.load(run)
     df = data.scalars
     assert list(df.columns) == ["run", "source", "tag", "step", "wall_time", "value"]
@@ -65,27 +58,27 @@ def test_scalars_from_a_trainer_state_have_no_wall_time(tmp_path):
 
 
 def test_a_folder_of_two_runs_has_both_in_the_frames():
-    data = lorascope.load(fixture("hf-reused-dir"))
+    data = lorascope.load(fixture_run("hf-reused-dir"))
     assert len(data.runs) == 2 and data.run is data.runs[-1]
     assert set(data.scalars.run) == {"run-1", "run-2"}
     last = data.scalars.groupby("run").step.max()
     assert last["run-1"] == 60 and last["run-2"] == 40
     assert set(data.checkpoints.run) <= {"run-1", "run-2"} and len(data.checkpoints) >= 3
-    assert lorascope.load(fixture("hf-reused-dir"), run="run-1").run.id == "run-1"
+    assert lorascope.load(fixture_run("hf-reused-dir"), run="run-1").run.id == "run-1"
 
 
 def test_checkpoints_and_dataset_frames():
-    data = lorascope.load(fixture("hf-lr-diverge"))
+    data = lorascope.load(fixture_run("hf-lr-diverge"))
     ck = data.checkpoints
     assert sorted(ck.step.dropna().astype(int).tolist())[:4] == [25, 50, 75, 100]
     assert (ck["rank"] == 8).all() and (ck.modules > 0).all() and (ck.norm > 0).all()
-    ds = lorascope.load(fixture("sd-bad-metadata")).dataset
+    ds = lorascope.load(fixture_run("sd-bad-metadata")).dataset
     assert len(ds) >= 20 and set(ds.kind) == {"images"}
     assert ds[ds.file.str.endswith("image_099.png", na=False)].exists.tolist() == [False]
 
 
 def test_analyze_returns_the_report_with_findings_as_a_frame(tmp_path):
-    run = fixture("hf-lr-diverge")
+    run = fixture_run("hf-lr-diverge")
     report = lorascope.analyze(run)
     doc = json.loads(cli("analyze", run, "--format", "json", "--no-html").stdout)
     assert report.verdict == doc["verdict"] == "failed"
@@ -103,7 +96,7 @@ def test_analyze_returns_the_report_with_findings_as_a_frame(tmp_path):
 
 
 def test_repr_html_is_a_sandboxed_frame_with_the_verdict_outside():
-    run = fixture("hf-lr-diverge")
+    run = fixture_run("hf-lr-diverge")
     html = lorascope.analyze(run)._repr_html_()
     head, _, frame = html.partition("<iframe")
     assert "FAILED" in head and "Loss diverged" in head
@@ -115,7 +108,7 @@ def test_repr_html_is_a_sandboxed_frame_with_the_verdict_outside():
 def test_the_pipeline_module_keeps_working():
     import lorascope.pipeline as pipeline
     from lorascope.pipeline import analyze, report_document
-    a = analyze(fixture("hf-healthy"))
-    assert report_document(a)["verdict"] == lorascope.analyze(fixture("hf-healthy")).verdict
+    a = analyze(fixture_run("hf-healthy"))
+    assert report_document(a)["verdict"] == lorascope.analyze(fixture_run("hf-healthy")).verdict
     # importing the pipeline (as the CLI does) leaves lorascope.analyze the API function
     assert pipeline.analyze is analyze and lorascope.analyze is lorascope.api.analyze

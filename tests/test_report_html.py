@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import FIXTURES, ROOT, lorascope, write_trainer_state
+from helpers import FIXTURES, ROOT, fixture_run, lorascope, write_trainer_state
 
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -47,9 +47,7 @@ def _fixture_runs():
 
 @pytest.mark.parametrize("name", _fixture_runs() or ["(no fixtures)"])
 def test_fixture_report_renders_and_tells_the_story(browser, tmp_path, name):
-    run = FIXTURES / name
-    if not run.is_dir():
-        pytest.skip("fixtures not generated")
+    run = fixture_run(name)
     html = tmp_path / f"{name}.html"
     r = lorascope("analyze", run, "--format", "json", "--html", html)
     assert r.returncode in (0, 1), r.stderr
@@ -199,9 +197,7 @@ def test_drag_zoom_to_the_diagnosed_step_and_read_the_logged_value(browser, tmp_
 
 
 def test_series_toggle_and_log_scale(browser, tmp_path):
-    run = FIXTURES / "hf-lr-diverge"
-    if not run.is_dir():
-        pytest.skip("fixtures not generated")
+    run = fixture_run("hf-lr-diverge")
     html = tmp_path / "r.html"
     lorascope("analyze", run, "--html", html)
     page, problems = open_report(browser, html)
@@ -227,9 +223,7 @@ def test_series_toggle_and_log_scale(browser, tmp_path):
 
 
 def test_without_javascript_the_verdict_findings_and_fix_show(browser, tmp_path):
-    run = FIXTURES / "hf-lr-diverge"
-    if not run.is_dir():
-        pytest.skip("fixtures not generated")
+    run = fixture_run("hf-lr-diverge")
     html = tmp_path / "r.html"
     doc = json.loads(lorascope("analyze", run, "--format", "json", "--html", html).stdout)
     ctx = browser.new_context(java_script_enabled=False, viewport={"width": 1280, "height": 900})
@@ -317,9 +311,7 @@ def test_notebook_view_shows_the_report_in_a_sandboxed_frame(browser, tmp_path):
     """`lorascope.analyze(path)._repr_html_()` as Jupyter shows it: the verdict as plain
     HTML, the interactive page in a sandboxed frame whose charts draw."""
     import lorascope
-    run = FIXTURES / "hf-lr-diverge"
-    if not run.is_dir():
-        pytest.skip("fixtures not generated")
+    run = fixture_run("hf-lr-diverge")
     fragment = lorascope.analyze(run)._repr_html_()
     nb = tmp_path / "notebook.html"
     nb.write_text(f"<!doctype html><meta charset=utf-8><body>{fragment}</body>", encoding="utf-8")
