@@ -39,8 +39,7 @@ class KernelHook(BuildHookInterface):
     PLUGIN_NAME = "custom"
 
     def initialize(self, version: str, build_data: dict) -> None:
-        if self.target_name not in ("wheel", "editable") and version != "editable":
-            return
+        # registered for the wheel target only (pyproject.toml): wheels and editable installs
         if os.environ.get("LORASCOPE_NO_KERNEL"):
             return
         cwd = os.getcwd()

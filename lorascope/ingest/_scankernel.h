@@ -61,20 +61,12 @@ LS_INLINE float ls_bf16(uint16_t h) {
     return f;
 }
 
-LS_INLINE uint32_t ls_maxbits(int code, const void *src, int64_t i0, int64_t n) {
-    if (code == 3) {
-        const uint32_t *s = (const uint32_t *)src + i0;
-        uint32_t m = 0;
-        for (int64_t i = 0; i < n; i++) {
-            uint32_t v = s[i] & 0x7FFFFFFFu;
-            m = v > m ? v : m;
-        }
-        return m;
-    }
-    const uint16_t *s = (const uint16_t *)src + i0;
-    uint16_t m = 0;
+/* the largest magnitude bits of n float32 values (16-bit values get theirs in ls_widen) */
+LS_INLINE uint32_t ls_maxbits32(const void *p, int64_t n) {
+    const uint32_t *s = (const uint32_t *)p;
+    uint32_t m = 0;
     for (int64_t i = 0; i < n; i++) {
-        uint16_t v = s[i] & 0x7FFFu;
+        uint32_t v = s[i] & 0x7FFFFFFFu;
         m = v > m ? v : m;
     }
     return m;
@@ -86,7 +78,7 @@ LS_INLINE void ls_widen(int code, const void *src, int64_t i0, int64_t n, float 
                         uint32_t *mx) {
     if (code == 3) {
         memcpy(dst, (const float *)src + i0, (size_t)n * 4);
-        uint32_t m = ls_maxbits(3, dst, 0, n);             /* from L1 */
+        uint32_t m = ls_maxbits32(dst, n);                 /* from L1 */
         if (m > *mx) *mx = m;
         return;
     }
@@ -362,7 +354,7 @@ void ls_scan_span(int code, const void *src, int64_t nt, const int64_t *start,
                 float *dst;
                 if (code == 3) {
                     dst = (float *)src + i0 + b;            /* float32 is read in place */
-                    uint32_t m3 = ls_maxbits(3, src, i0 + b, m);
+                    uint32_t m3 = ls_maxbits32((const float *)src + i0 + b, m);
                     if (m3 > mb) mb = m3;
                 } else {
                     dst = wide_on ? wide + i0 + b : tmp;

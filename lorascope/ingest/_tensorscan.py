@@ -483,7 +483,7 @@ class Scanner:
         axis, rank = tab.axis[rows], tab.rank[rows]
         here = (axis == 1) & (rank > 0) & (rank <= KERNEL.RANK)
         here |= (axis == 0) & np.isin(rank, UP_RANKS)
-        here &= (rank > 0) & (n_el % np.maximum(rank, 1) == 0)
+        here &= n_el % np.maximum(rank, 1) == 0          # (both terms above need rank > 0)
         blas = (axis >= 0) & ~here
         # the kernel's Gram matrices, one block per rank, rows in span order
         goff = np.full(n, -1, np.int64)
